@@ -1,0 +1,224 @@
+"""Building blocks shared by the AsCAN models: ConvBN, the C block, the T block.
+
+Every block holds plain ``nn`` modules (``nn.Conv2d``, ``nn.BatchNorm2d``,
+``nn.LayerNorm``, ``nn.Linear``) so fused and unfused models have identical
+parameters and their state_dicts interchange. ``fused`` is read once at
+construction (timm's habit): ``fused=False`` is the model as a careful PyTorch user
+writes it, the baseline every speedup is measured against; ``fused=True`` routes the
+same math through ``ascan_kernels`` ops, whose registry picks an impl per call.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import ascan_kernels as K
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero a whole sample's residual branch with probability p."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class ConvBN(nn.Module):
+    """conv2d (no bias) + BatchNorm2d, optionally + residual, optionally + GELU.
+
+    forward(x (N, Cin, H, W), residual=None) -> (N, Cout, Ho, Wo). With ``act="gelu"``
+    the fused path calls ``conv_bn_gelu``; with a residual ``conv_bn_add``; otherwise
+    ``conv_bn``. In eval mode the BN-folded weight and bias are cached and refolded
+    whenever a parameter or running stat changes: in-place updates (optimizers,
+    ``load_state_dict``, BN's running-stat updates) bump tensor version counters, and
+    ``.to()``/``.cuda()`` make new tensors. Writes through ``param.data`` bypass version
+    counters; call ``invalidate_fold()`` (or ``ascan.layers.invalidate_folds(model)``)
+    after those. ``train()``/``eval()`` also drop the cache.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1,
+                 groups: int = 1, act: str = "gelu", fused: bool = False):
+        super().__init__()
+        if act not in ("gelu", "none"):
+            raise ValueError(f"ConvBN: act must be 'gelu' or 'none', got {act!r}")
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_chs)
+        self.act_name = act
+        self.act = nn.GELU() if act == "gelu" else nn.Identity()
+        self.fused = fused
+        self._fold_key: tuple | None = None
+        self._folded: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.fused:
+            y = self.bn(self.conv(x))
+            if residual is not None:
+                y = y + residual
+            return self.act(y)
+        return self._forward_fused(x, residual)
+
+    def invalidate_fold(self) -> None:
+        """Forget the cached fold (needed only after writes through ``.data``)."""
+        self._fold_key = None
+        self._folded = None
+
+    def train(self, mode: bool = True) -> "ConvBN":
+        self.invalidate_fold()
+        return super().train(mode)
+
+    def _bn_momentum(self) -> float:
+        """nn.BatchNorm2d's bookkeeping, so fused training updates the same buffers."""
+        bn = self.bn
+        if not self.training or not bn.track_running_stats:
+            return 0.0 if bn.momentum is None else bn.momentum
+        bn.num_batches_tracked.add_(1)
+        return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (weight, bias) of conv with inference BN folded in, float32, cached."""
+        params = (self.conv.weight, self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var)
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in params) + (self.bn.eps,)
+        if key != self._fold_key:
+            with torch.no_grad():
+                self._folded = K.fold_bn(self.conv.weight, self.conv.bias, self.bn.weight, self.bn.bias,
+                                         self.bn.running_mean, self.bn.running_var, self.bn.eps)
+            self._fold_key = key
+        assert self._folded is not None
+        return self._folded
+
+    def _forward_fused(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        c, bn = self.conv, self.bn
+        training = self.training
+        momentum = self._bn_momentum()
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or c.weight.requires_grad)
+        # Cache the fold only where it is a constant: not training, no autograd through
+        # it, and not while torch.compile traces (version counters are not traceable).
+        use_cache = not (training or needs_grad or torch.compiler.is_compiling())
+        folded = self.folded() if use_cache else None
+        common = dict(stride=c.stride, padding=c.padding, dilation=c.dilation, groups=c.groups,
+                      eps=bn.eps, momentum=momentum, training=training, folded=folded)
+        args = (x, c.weight, c.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        if self.act_name == "gelu":
+            if residual is not None:
+                raise ValueError("ConvBN: a residual with GELU is not a C-block pattern")
+            return K.conv_bn_gelu(*args, **common)
+        if residual is not None:
+            return K.conv_bn_add(*args, residual, **common)
+        return K.conv_bn(*args, **common)
+
+
+def invalidate_folds(model: nn.Module) -> None:
+    """Drop every cached BN fold in ``model`` (after writing weights through ``.data``)."""
+    for m in model.modules():
+        if isinstance(m, ConvBN):
+            m.invalidate_fold()
+
+
+class CBlock(nn.Module):
+    """The convolutional (C) block, FusedMBConv-style.
+
+    conv3x3 (expand, stride) -> BN -> GELU -> conv1x1 (project) -> BN, plus the input
+    when shapes allow a shortcut (stride 1 and in == out channels), as in
+    EfficientNetV2's FusedMBConv. The hidden width is ``expand_ratio * in_chs``.
+    (N, in_chs, H, W) -> (N, out_chs, H/stride, W/stride).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, expand_ratio: float = 4.0,
+                 drop_path: float = 0.0, fused: bool = False):
+        super().__init__()
+        hidden = int(round(in_chs * expand_ratio))
+        self.expand = ConvBN(in_chs, hidden, 3, stride, act="gelu", fused=fused)
+        self.project = ConvBN(hidden, out_chs, 1, act="none", fused=fused)
+        self.has_skip = stride == 1 and in_chs == out_chs
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.expand(x)
+        if not self.has_skip:
+            return self.project(h)
+        if self.drop_path > 0.0 and self.training:
+            return x + drop_path(self.project(h), self.drop_path, True)
+        return self.project(h, residual=x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on tokens (B, L, C): qkv projection, global attention, out projection."""
+
+    def __init__(self, dim: int, head_dim: int = 32, attn_drop: float = 0.0, fused: bool = False):
+        super().__init__()
+        if dim % head_dim:
+            raise ValueError(f"Attention: dim {dim} is not a multiple of head_dim {head_dim}")
+        self.num_heads = dim // head_dim
+        self.head_dim = head_dim
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, C = x.shape
+        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        p = self.attn_drop if self.training else 0.0
+        if self.fused:
+            o = K.attention(q, k, v, dropout_p=p)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        return self.proj(o.transpose(1, 2).reshape(B, L, C))
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> fc2 on tokens (B, L, C); the fused path runs fc1+GELU as one op."""
+
+    def __init__(self, dim: int, ratio: float = 4.0, fused: bool = False):
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, L, C) -> (B, L, C); with ``residual`` returns ``residual + mlp(x)``."""
+        if not self.fused:
+            out = self.fc2(self.act(self.fc1(x)))
+            return out if residual is None else residual + out
+        h = K.linear_gelu(x, self.fc1.weight, self.fc1.bias)
+        if residual is None:
+            return self.fc2(h)
+        return K.linear_add(h, self.fc2.weight, self.fc2.bias, residual)
+
+
+class TBlock(nn.Module):
+    """The transformer (T) block, pre-norm: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+    Full global multi-head self-attention (head dim 32) and an MLP of ratio 4 with
+    GELU; no relative position bias (the C blocks before it carry position). Tokens
+    (B, L, C) -> (B, L, C). The fused path merges the first residual add with the
+    second LayerNorm (``add_layer_norm``) and the second residual add into fc2's GEMM
+    (``linear_add``).
+    """
+
+    def __init__(self, dim: int, head_dim: int = 32, mlp_ratio: float = 4.0, drop_path: float = 0.0,
+                 fused: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, head_dim, fused=fused)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, mlp_ratio, fused=fused)
+        self.drop_path = drop_path
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dp = self.drop_path if self.training else 0.0
+        if not self.fused:
+            x = x + drop_path(self.attn(self.norm1(x)), dp, True)
+            return x + drop_path(self.mlp(self.norm2(x)), dp, True)
+        n1, n2 = self.norm1, self.norm2
+        a = drop_path(self.attn(K.layer_norm(x, n1.weight, n1.bias, n1.eps)), dp, True)
+        x, h = K.add_layer_norm(x, a, n2.weight, n2.bias, n2.eps)
+        if dp > 0.0:
+            return x + drop_path(self.mlp(h), dp, True)
+        return self.mlp(h, residual=x)  # the shortcut add rides in fc2's epilogue

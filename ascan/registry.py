@@ -1,0 +1,39 @@
+"""The model registry: names -> constructors, ``build_model`` and ``list_models``."""
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable
+
+import torch.nn as nn
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering ``fn(**kwargs) -> nn.Module`` under ``name``."""
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name] = fn
+        return fn
+    return deco
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a glob ``pattern``, sorted."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def build_model(name: str, fused: bool = True, **kwargs) -> nn.Module:
+    """Build a registered model.
+
+    ``fused=True`` routes compute through ``ascan_kernels`` (fused impls where they can
+    run, the eager reference otherwise, see ``ascan_kernels.trace``); ``fused=False``
+    builds the plain PyTorch model with identical parameters. Classifier kwargs:
+    ``num_classes``, ``in_chans``, ``drop_path_rate``, ``drop_rate``.
+    """
+    try:
+        fn = _MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
+    return fn(fused=fused, **kwargs)

@@ -1,0 +1,1 @@
+"""CPU fused implementations (oneDNN post-op fusion wrappers)."""

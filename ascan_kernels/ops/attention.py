@@ -1,0 +1,86 @@
+"""Multi-head attention core: ``softmax(q k^T * scale + mask) v``.
+
+Plain global attention, as in the paper: the fused impls speed the same math up and
+never approximate it. Lq != Lk is allowed (cross-attention).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import _checks as chk
+from ..registry import Impl, register_op
+
+OP = "attention"
+
+
+def attention_reference(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
+    """Eager math: scores in the input dtype, softmax in at least float32.
+
+    q: (B, H, Lq, D); k, v: (B, H, Lk, D) (v may have its own head dim Dv);
+    attn_mask: None, bool (True = attend) or float additive, broadcastable to
+    (B, H, Lq, Lk). Returns (B, H, Lq, Dv) in q's dtype.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = torch.matmul(q, k.transpose(-2, -1)) * scale
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            s = s.masked_fill(~attn_mask, float("-inf"))
+        else:
+            s = s + attn_mask
+    p = torch.softmax(s, dim=-1, dtype=torch.promote_types(s.dtype, torch.float32)).to(v.dtype)
+    if dropout_p > 0.0:
+        p = F.dropout(p, dropout_p)
+    return torch.matmul(p, v)
+
+
+def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        attn_mask = attn_mask.to(chk.compute_dtype(q))  # SDPA wants the mask in q's dtype
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+
+
+def _sdpa_supports(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
+    if q.numel() == 0 or k.shape[-2] == 0:
+        return "empty input"
+    return None
+
+
+def _validate(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
+    for n, t in (("q", q), ("k", k), ("v", v)):
+        chk.tensor(OP, n, t, ndim=4)
+    B, H, Lq, D = q.shape
+    if k.shape[:2] != (B, H) or v.shape[:2] != (B, H):
+        chk.fail(OP, f"q, k, v must share (batch, heads); got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if k.shape[-1] != D:
+        chk.fail(OP, f"q and k head dims differ: q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if k.shape[-2] != v.shape[-2]:
+        chk.fail(OP, f"k and v lengths differ: k {tuple(k.shape)}, v {tuple(v.shape)}")
+    chk.same_device(OP, q=q, k=k, v=v, attn_mask=attn_mask)
+    chk.same_dtype(OP, q=q, k=k, v=v)
+    if attn_mask is not None:
+        chk.tensor(OP, "attn_mask", attn_mask, floating=False)
+        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+            chk.fail(OP, f"attn_mask must be bool or floating, got {attn_mask.dtype}", TypeError)
+        try:
+            torch.broadcast_shapes(attn_mask.shape, (B, H, Lq, k.shape[-2]))
+        except RuntimeError:
+            chk.fail(OP, f"attn_mask shape {tuple(attn_mask.shape)} does not broadcast to "
+                         f"(B, H, Lq, Lk) = {(B, H, Lq, k.shape[-2])}")
+    if not 0.0 <= dropout_p < 1.0:
+        chk.fail(OP, f"dropout_p must be in [0, 1), got {dropout_p}")
+
+
+attention_op = register_op(OP, attention_reference, "softmax(q k^T * scale + mask) v", _validate)
+attention_op.register(Impl(
+    "sdpa", _sdpa, priority=50, supports=_sdpa_supports, autograd=True,
+    doc="torch.nn.functional.scaled_dot_product_attention (flash/fused kernels on CPU and CUDA)",
+))
+
+
+def attention(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
+    """Attention over (B, H, L, D) tensors; see :func:`attention_reference` for shapes.
+
+    ``dropout_p`` applies to the attention probabilities; pass 0.0 in eval mode.
+    """
+    return attention_op(q, k, v, attn_mask, float(dropout_p), scale)

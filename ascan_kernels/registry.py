@@ -1,0 +1,530 @@
+"""The kernel registry: ops, their implementations, and per-call dispatch.
+
+An :class:`Op` owns one eager PyTorch reference (the source of truth used by the
+fallback, the tests and the benchmarks) and any number of fused :class:`Impl`\\ s.
+Each call walks the impls from the highest priority down and runs the first one
+whose checks pass; the eager reference is always last and always accepts.
+
+Nothing falls back silently:
+
+* ``available(op)`` lists every impl with ``"ok"`` or the reason it cannot run here;
+* ``trace()`` records, for each call, the impl that ran and every impl that was
+  skipped with its reason;
+* ``ASCAN_KERNELS_LOG=1`` logs the first fallback per (op, reason) with ``logging``.
+
+Users force or forbid impls with ``use(attention="eager")`` /
+``use(attention="!sdpa")`` or the ``ASCAN_KERNELS`` environment variable
+(``ASCAN_KERNELS="attention=eager,conv_bn_gelu=!cpu"``). Forcing an impl that
+cannot run the given inputs raises :class:`KernelUnavailableError`; it never falls
+back.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+__all__ = [
+    "Impl",
+    "Op",
+    "KernelUnavailableError",
+    "TraceRecord",
+    "Trace",
+    "register_op",
+    "get_op",
+    "list_ops",
+    "available",
+    "trace",
+    "use",
+]
+
+logger = logging.getLogger("ascan_kernels")
+
+EAGER = "eager"
+
+# A check returns None when it accepts and a human-readable reason when it does not.
+Check = Callable[..., "str | None"]
+
+
+class KernelUnavailableError(RuntimeError):
+    """A forced impl cannot run the given inputs, or an unknown impl was named."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Impl:
+    """One implementation of an op.
+
+    ``fn`` takes the op's arguments exactly as the op's public function receives
+    them. ``available`` answers once per process whether the backend exists here
+    (installed, built, device present); ``supports`` answers per call whether these
+    inputs can run. Both return ``None`` for yes and a reason string for no.
+    ``autograd`` says whether ``fn`` is differentiable; impls without it are skipped
+    whenever an input requires grad.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    priority: int
+    supports: Check | None = None
+    available: Callable[[], "str | None"] | None = None
+    autograd: bool = False
+    doc: str = ""
+
+
+class Op:
+    """A named op with an eager reference and prioritised fused implementations."""
+
+    def __init__(self, name: str, reference: Callable[..., Any], doc: str = "",
+                 validate: Callable[..., None] | None = None):
+        self.name = name
+        self.doc = doc
+        self.reference = reference
+        # Raises on bad input. It may look only at metadata (shapes, dtypes, devices,
+        # non-tensor args), so one check per call signature is enough.
+        self.validate = validate
+        self._impls: list[Impl] = [
+            Impl(EAGER, reference, priority=-(10**9), autograd=True, doc="eager PyTorch reference")
+        ]
+        self._availability: dict[str, str | None] = {}
+
+    # -- registration -----------------------------------------------------------------
+    def register(self, impl: Impl) -> Impl:
+        if impl.name == EAGER or any(i.name == impl.name for i in self._impls):
+            raise ValueError(f"op {self.name!r} already has an impl named {impl.name!r}")
+        self._impls.append(impl)
+        self._impls.sort(key=lambda i: -i.priority)
+        self._availability.pop(impl.name, None)
+        # Probe now, outside any user context: torch.compile cannot trace a probe later.
+        self.availability(impl)
+        _invalidate_cache()
+        return impl
+
+    @property
+    def impls(self) -> list[Impl]:
+        """Impls from the highest priority down; eager is last."""
+        return list(self._impls)
+
+    def impl(self, name: str) -> Impl:
+        for i in self._impls:
+            if i.name == name:
+                return i
+        raise KernelUnavailableError(
+            f"{self.name}: no impl named {name!r}; impls: {[i.name for i in self._impls]}"
+        )
+
+    # -- checks -----------------------------------------------------------------------
+    def availability(self, impl: Impl) -> str | None:
+        """Why ``impl`` cannot run in this process at all (cached), or None."""
+        if impl.name not in self._availability:
+            reason = None
+            if impl.available is not None:
+                try:
+                    reason = impl.available()
+                except Exception as e:  # an availability probe must never break dispatch
+                    reason = f"availability check failed: {type(e).__name__}: {e}"
+            self._availability[impl.name] = reason
+        return self._availability[impl.name]
+
+    def why_not(self, impl: Impl, args: tuple, kwargs: dict, needs_grad: bool) -> str | None:
+        """Why ``impl`` cannot run these inputs, or None if it can."""
+        reason = self.availability(impl)
+        if reason is not None:
+            return reason
+        if needs_grad and not impl.autograd:
+            return "inputs require grad and this impl has no backward"
+        if impl.supports is not None:
+            return impl.supports(*args, **kwargs)
+        return None
+
+    # -- dispatch ---------------------------------------------------------------------
+    def select(self, args: tuple, kwargs: dict) -> tuple[Impl, tuple[tuple[str, str], ...]]:
+        """Pick the impl for these inputs. Returns (impl, ((skipped_name, reason), ...))."""
+        needs_grad = torch.is_grad_enabled() and any(
+            isinstance(a, torch.Tensor) and a.requires_grad for a in _flat_tensors(args, kwargs)
+        )
+        forced, forbidden = _override_for(self.name)
+        if forced is not None:
+            impl = self.impl(forced)
+            reason = self.why_not(impl, args, kwargs, needs_grad)
+            if reason is not None:
+                raise KernelUnavailableError(
+                    f"{self.name}: impl {forced!r} was forced but cannot run these inputs: {reason}"
+                )
+            return impl, ()
+        skipped: list[tuple[str, str]] = []
+        for impl in self._impls:
+            if impl.name in forbidden:
+                skipped.append((impl.name, "forbidden by use()/ASCAN_KERNELS"))
+                continue
+            reason = None if impl.name == EAGER else self.why_not(impl, args, kwargs, needs_grad)
+            if reason is None:
+                return impl, tuple(skipped)
+            skipped.append((impl.name, reason))
+        raise AssertionError("unreachable: eager always accepts")  # pragma: no cover
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            # Under torch.compile the choice is made once while tracing; recording or
+            # logging here would be a side effect Dynamo has to replay.
+            if self.validate is not None:
+                self.validate(*args, **kwargs)
+            impl, _ = self.select(args, kwargs)
+            return impl.fn(*args, **kwargs)
+        # Validation and selection depend only on the call's signature: memoise both.
+        key = _cache_key(self.name, args, kwargs)
+        hit = _SELECT_CACHE.get(key) if key is not None else None
+        if hit is None:
+            if self.validate is not None:
+                self.validate(*args, **kwargs)
+            hit = self.select(args, kwargs)
+            if key is not None:
+                if len(_SELECT_CACHE) >= _SELECT_CACHE_MAX:
+                    _SELECT_CACHE.clear()
+                _SELECT_CACHE[key] = hit
+        impl, skipped = hit
+        if _ACTIVE_TRACES:
+            rec = TraceRecord.of(self.name, impl.name, skipped, args, kwargs)
+            for t in _ACTIVE_TRACES:
+                t.records.append(rec)
+        if skipped and _LOG_FALLBACKS:
+            _log_fallback(self.name, impl.name, skipped)
+        return impl.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Op({self.name!r}, impls={[i.name for i in self._impls]})"
+
+
+# ---------------------------------------------------------------------------------------
+# Global registry
+# ---------------------------------------------------------------------------------------
+_OPS: dict[str, Op] = {}
+
+
+def register_op(name: str, reference: Callable[..., Any], doc: str = "",
+                validate: Callable[..., None] | None = None) -> Op:
+    """Create and register an op whose eager reference is ``reference``.
+
+    ``validate`` (same arguments as the reference) raises on bad input; it must depend
+    only on metadata, since its verdict is memoised per call signature.
+    """
+    if name in _OPS:
+        raise ValueError(f"op {name!r} is already registered")
+    op = Op(name, reference, doc, validate)
+    _OPS[name] = op
+    return op
+
+
+def get_op(name: str) -> Op:
+    try:
+        return _OPS[name]
+    except KeyError:
+        raise KeyError(f"unknown op {name!r}; ops: {sorted(_OPS)}") from None
+
+
+def list_ops() -> list[str]:
+    return sorted(_OPS)
+
+
+def available(op: str | None = None) -> dict[str, Any]:
+    """Every impl of ``op`` with ``"ok"`` or the reason it cannot run in this process.
+
+    Per-call checks (dtype, shape, grad) are not evaluated here: ``trace()`` shows those.
+    With ``op=None`` returns ``{op_name: {impl_name: status}}`` for all ops.
+    """
+    if op is None:
+        return {name: available(name) for name in list_ops()}
+    o = get_op(op)
+    return {i.name: (o.availability(i) or "ok") for i in o.impls}
+
+
+# ---------------------------------------------------------------------------------------
+# Selection cache: selection depends only on metadata, so memoise it per signature.
+# ---------------------------------------------------------------------------------------
+_SELECT_CACHE: dict[tuple, tuple[Impl, tuple[tuple[str, str], ...]]] = {}
+_SELECT_CACHE_MAX = 4096
+
+
+def _invalidate_cache() -> None:
+    _SELECT_CACHE.clear()
+
+
+def _flat_tensors(args: tuple, kwargs: dict) -> Iterator[torch.Tensor]:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (tuple, list)):
+            for b in a:
+                if isinstance(b, torch.Tensor):
+                    yield b
+
+
+def _describe(a: Any) -> Any:
+    if isinstance(a, torch.Tensor):
+        return (a.shape, a.stride(), a.dtype, a.device, a.requires_grad)
+    if type(a) in (tuple, list):
+        return tuple(map(_describe, a))
+    return a
+
+
+def _autocast_state() -> tuple:
+    # Autocast changes the dtype impls compute in, hence which impls accept.
+    return tuple(torch.get_autocast_dtype(d) if torch.is_autocast_enabled(d) else None for d in ("cpu", "cuda"))
+
+
+def _cache_key(name: str, args: tuple, kwargs: dict) -> tuple | None:
+    key = (
+        name,
+        torch.is_grad_enabled(),
+        _OVERRIDE_VERSION[0],
+        _autocast_state(),
+        tuple(map(_describe, args)),
+        tuple((k, _describe(v)) for k, v in kwargs.items()) if kwargs else (),
+    )
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+# ---------------------------------------------------------------------------------------
+# Overrides: use() and ASCAN_KERNELS
+# ---------------------------------------------------------------------------------------
+ALL_OPS = "*"
+# Stack of {op_or_*: (forced_or_None, frozenset(forbidden))}; index 0 comes from the env.
+_OVERRIDES: list[dict[str, tuple[str | None, frozenset[str]]]] = []
+_OVERRIDE_VERSION = [0]
+
+
+def _parse_spec(op: str, spec: str | Sequence[str]) -> tuple[str | None, frozenset[str]]:
+    parts = spec.split("|") if isinstance(spec, str) else list(spec)
+    forced, forbidden = None, set()
+    for p in (p.strip() for p in parts):
+        if not p or p == "auto":
+            continue
+        if p.startswith("!"):
+            forbidden.add(p[1:])
+        elif forced is None:
+            forced = p
+        else:
+            raise ValueError(f"{op}: cannot force two impls ({forced!r} and {p!r})")
+    if EAGER in forbidden:
+        raise ValueError(f"{op}: the eager reference cannot be forbidden (it is the fallback)")
+    return forced, frozenset(forbidden)
+
+
+def _validate_names(op: str, forced: str | None, forbidden: frozenset[str]) -> None:
+    valid = {i.name for i in get_op(op).impls}
+    for impl in ([forced] if forced else []) + sorted(forbidden):
+        if impl not in valid:
+            raise KernelUnavailableError(f"{op}: no impl named {impl!r}; impls: {sorted(valid)}")
+
+
+def parse_env(value: str) -> dict[str, tuple[str | None, frozenset[str]]]:
+    """Parse ``ASCAN_KERNELS="attention=eager,conv_bn_gelu=!cpu|!triton,*=eager"``."""
+    out: dict[str, tuple[str | None, frozenset[str]]] = {}
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise ValueError(f"ASCAN_KERNELS: expected op=impl, got {item!r}")
+        op, spec = (s.strip() for s in item.split("=", 1))
+        out[op] = _parse_spec(op, spec)
+    return out
+
+
+def _override_for(op: str) -> tuple[str | None, frozenset[str]]:
+    """(forced impl or None, forbidden impls) for ``op``; later layers win, and an
+    op's own entry wins over ``*`` within a layer."""
+    names = {i.name for i in get_op(op).impls}
+    forced: str | None = None
+    forbidden: set[str] = set()
+    for layer in _OVERRIDES:
+        for key in (ALL_OPS, op):
+            if key not in layer:
+                continue
+            f, fb = layer[key]
+            if key == ALL_OPS and f not in names:
+                f = None  # "*=cpu" forces cpu only on ops that have a cpu impl
+            if f is not None:
+                forced, forbidden = f, set()
+            forbidden |= fb
+            if forced in forbidden:
+                forced = None
+    return forced, frozenset(forbidden)
+
+
+@contextlib.contextmanager
+def use(_all: str | None = None, **ops: str | Sequence[str]) -> Iterator[None]:
+    """Force or forbid impls inside a ``with`` block.
+
+    ``use(conv_bn_gelu="eager", attention="sdpa")`` forces impls;
+    ``use(attention="!sdpa")`` or ``use(attention=["!triton", "!sdpa"])`` forbids;
+    ``use("eager")`` forces the eager reference for every op.
+    Forcing an impl that cannot run the inputs raises KernelUnavailableError.
+    """
+    layer: dict[str, tuple[str | None, frozenset[str]]] = {}
+    if _all is not None:
+        layer[ALL_OPS] = _parse_spec(ALL_OPS, _all)
+    for op, spec in ops.items():
+        get_op(op)  # unknown op names raise here, not silently later
+        layer[op] = _parse_spec(op, spec)
+        _validate_names(op, *layer[op])
+    _OVERRIDES.append(layer)
+    _OVERRIDE_VERSION[0] += 1
+    try:
+        yield
+    finally:
+        _OVERRIDES.remove(layer)
+        _OVERRIDE_VERSION[0] += 1
+
+
+def _load_env_overrides() -> None:
+    value = os.environ.get("ASCAN_KERNELS", "")
+    if value:
+        _OVERRIDES.insert(0, parse_env(value))
+        _OVERRIDE_VERSION[0] += 1
+
+
+# ---------------------------------------------------------------------------------------
+# Tracing and logging
+# ---------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TraceRecord:
+    op: str
+    impl: str
+    skipped: tuple[tuple[str, str], ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtype: torch.dtype | None
+    device: str | None
+    grad: bool
+
+    @classmethod
+    def of(cls, op: str, impl: str, skipped, args: tuple, kwargs: dict) -> "TraceRecord":
+        tensors = list(_flat_tensors(args, kwargs))
+        first = tensors[0] if tensors else None
+        return cls(
+            op=op,
+            impl=impl,
+            skipped=skipped,
+            shapes=tuple(tuple(t.shape) for t in tensors[:2]),
+            dtype=first.dtype if first is not None else None,
+            device=str(first.device) if first is not None else None,
+            grad=torch.is_grad_enabled() and any(t.requires_grad for t in tensors),
+        )
+
+    @property
+    def why(self) -> str:
+        if not self.skipped:
+            return "highest-priority impl that accepts"
+        return "; ".join(f"{n}: {r}" for n, r in self.skipped)
+
+
+class Trace:
+    """Records of the op calls made inside a ``with trace()`` block."""
+
+    def __init__(self) -> None:
+        self.records: list[TraceRecord] = []
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def impls(self, op: str | None = None) -> list[str]:
+        return [r.impl for r in self.records if op is None or r.op == op]
+
+    def summary(self) -> dict[tuple[str, str, str], int]:
+        """Count of calls per (op, impl, why)."""
+        out: dict[tuple[str, str, str], int] = {}
+        for r in self.records:
+            k = (r.op, r.impl, r.why)
+            out[k] = out.get(k, 0) + 1
+        return out
+
+    def table(self, per_call: bool = False) -> str:
+        """A text table: one row per distinct (op, impl, shapes, dtype, why), with a count.
+
+        ``per_call=True`` gives one row per call, in call order.
+        """
+        rows: list[tuple[str, ...]] = []
+        if per_call:
+            for n, r in enumerate(self.records):
+                rows.append((str(n), r.op, r.impl, _fmt_shapes(r.shapes), _fmt_dtype(r.dtype), r.why))
+            header = ("#", "op", "impl", "shapes", "dtype", "why (impls skipped)")
+        else:
+            counts: dict[tuple, int] = {}
+            for r in self.records:
+                k = (r.op, r.impl, _fmt_shapes(r.shapes), _fmt_dtype(r.dtype), r.why)
+                counts[k] = counts.get(k, 0) + 1
+            for k, c in counts.items():
+                rows.append((k[0], k[1], str(c), *k[2:]))
+            header = ("op", "impl", "calls", "shapes", "dtype", "why (impls skipped)")
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+        widths[-1] = len(header[-1])  # the reason column is free-form; don't pad it
+        line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+        return "\n".join([line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _fmt_shapes(shapes) -> str:
+    return " ".join("x".join(map(str, s)) for s in shapes)
+
+
+def _fmt_dtype(d) -> str:
+    return str(d).replace("torch.", "") if d is not None else "-"
+
+
+_ACTIVE_TRACES: list[Trace] = []
+
+
+@contextlib.contextmanager
+def trace() -> Iterator[Trace]:
+    """Record which impl ran for each op call (and why) inside the block.
+
+    Calls made inside ``torch.compile``'d code are selected at compile time and are
+    not recorded per call.
+    """
+    t = Trace()
+    _ACTIVE_TRACES.append(t)
+    try:
+        yield t
+    finally:
+        _ACTIVE_TRACES.remove(t)
+
+
+_LOG_FALLBACKS = os.environ.get("ASCAN_KERNELS_LOG", "") not in ("", "0")
+_LOGGED: set[tuple[str, str, str]] = set()
+
+
+def set_fallback_logging(enabled: bool) -> None:
+    """Turn fallback logging on or off (the ``ASCAN_KERNELS_LOG`` env var sets the default)."""
+    global _LOG_FALLBACKS
+    _LOG_FALLBACKS = bool(enabled)
+
+
+def _log_fallback(op: str, impl: str, skipped: tuple[tuple[str, str], ...]) -> None:
+    for name, reason in skipped:
+        key = (op, name, reason)
+        if key not in _LOGGED:
+            _LOGGED.add(key)
+            logger.warning("ascan_kernels: %s ran %r instead of %r: %s", op, impl, name, reason)
+
+
+_load_env_overrides()
+
+
+def validate_env_overrides() -> None:
+    """Check ``ASCAN_KERNELS`` names real ops and impls (called once all ops are registered)."""
+    value = os.environ.get("ASCAN_KERNELS", "")
+    for op, (forced, forbidden) in parse_env(value).items():
+        if op == ALL_OPS:
+            continue
+        if op not in _OPS:
+            raise ValueError(f"ASCAN_KERNELS names unknown op {op!r}; ops: {list_ops()}")
+        _validate_names(op, forced, forbidden)

@@ -1,0 +1,37 @@
+"""Numerical tolerances and comparison helpers, stated once for tests and benches."""
+from __future__ import annotations
+
+import torch
+
+# (atol, rtol) per dtype for comparing a fused impl with the eager reference run in
+# the same dtype. bf16 keeps 8 mantissa bits (rel. step 2^-8 = 3.9e-3); results that
+# went through a reduction and a rounding of their own differ by a few steps.
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-10, 1e-8),
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (5e-3, 5e-3),
+    torch.bfloat16: (3e-2, 3e-2),
+}
+
+
+def tolerance(dtype: torch.dtype, scale: float = 1.0) -> dict[str, float]:
+    """``dict(atol=..., rtol=...)`` for ``dtype``; ``scale`` widens both for deep stacks."""
+    atol, rtol = TOLERANCES[dtype]
+    return {"atol": atol * scale, "rtol": rtol * scale}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None,
+                 scale: float = 1.0, msg: str = "") -> None:
+    """``torch.testing.assert_close`` at the tolerance of ``dtype`` (default: expected's)."""
+    dtype = dtype or expected.dtype
+    torch.testing.assert_close(actual.to(expected.dtype), expected, **tolerance(dtype, scale),
+                               msg=(lambda m: f"{msg}\n{m}") if msg else None)
+
+
+def assert_error_within(actual: torch.Tensor, lowp_eager: torch.Tensor, ref_fp32: torch.Tensor,
+                        factor: float = 2.0, floor: float = 1e-6) -> None:
+    """flash-attention's rule: the fused result's max error against an fp32 reference
+    is at most ``factor`` x the error of plain PyTorch in the same low precision."""
+    err = (actual.float() - ref_fp32.float()).abs().max().item()
+    base = (lowp_eager.float() - ref_fp32.float()).abs().max().item()
+    assert err <= factor * base + floor, f"max error {err:.3e} > {factor} x eager error {base:.3e} + {floor:g}"

@@ -1,0 +1,124 @@
+"""Per-op benches at ascan_t's real shapes: eager reference vs every impl, fp32 and bf16.
+
+Groups are named ``op[shape dtype]`` so the ratio table puts each impl beside eager.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ascan_kernels as K
+
+from .conftest import SMOKE, run, skip_unless_ok
+
+B = 2 if SMOKE else 16
+S = 4 if SMOKE else 1  # spatial shrink factor in smoke mode
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def _impls(op):
+    return list(K.available(op))
+
+
+# (name, cin, cout, k, stride, hw): the convs of ascan_t at 224^2
+CONVS = [
+    ("stem2", 32, 64, 3, 2, 112), ("s1.expand", 64, 256, 3, 1, 56), ("s2.expand", 128, 512, 3, 1, 28),
+]
+PROJ = [("s1.project", 256, 64, 1, 1, 56), ("s2.project", 512, 128, 1, 1, 28)]
+
+
+def _conv_inputs(cin, cout, k, hw, dtype):
+    x = torch.randn(B, cin, hw // S, hw // S).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(cout, cin, k, k) / (cin * k * k) ** 0.5).to(dtype)
+    c = torch.ones(cout)
+    bn = (c, c * 0.1, c * 0.0, c)
+    folded = tuple(t.to(dtype) for t in K.fold_bn(w, None, *bn, 1e-5))
+    return x, w, bn, folded
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", CONVS, ids=[c[0] for c in CONVS])
+@pytest.mark.parametrize("impl", _impls("conv_bn_gelu"))
+def test_conv_bn_gelu(benchmark, impl, shape, dtype):
+    skip_unless_ok("conv_bn_gelu", impl)
+    name, cin, cout, k, s, hw = shape
+    x, w, bn, folded = _conv_inputs(cin, cout, k, hw, dtype)
+    with K.use(conv_bn_gelu=impl):
+        run(benchmark, lambda: K.conv_bn_gelu(x, w, None, *bn, stride=s, padding=k // 2, folded=folded),
+            f"conv_bn_gelu[{name} {tuple(x.shape)} {dtype}]", impl)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", PROJ, ids=[c[0] for c in PROJ])
+@pytest.mark.parametrize("impl", _impls("conv_bn_add"))
+def test_conv_bn_add(benchmark, impl, shape, dtype):
+    skip_unless_ok("conv_bn_add", impl)
+    name, cin, cout, k, s, hw = shape
+    x, w, bn, folded = _conv_inputs(cin, cout, k, hw, dtype)
+    r = torch.randn(B, cout, hw // S, hw // S).to(dtype).contiguous(memory_format=torch.channels_last)
+    with K.use(conv_bn_add=impl):
+        run(benchmark, lambda: K.conv_bn_add(x, w, None, *bn, r, folded=folded),
+            f"conv_bn_add[{name} {tuple(x.shape)} {dtype}]", impl)
+
+
+TOKENS = [("s3", 196, 256), ("s4", 49, 512)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", TOKENS, ids=[t[0] for t in TOKENS])
+@pytest.mark.parametrize("impl", _impls("attention"))
+def test_attention(benchmark, impl, shape, dtype):
+    skip_unless_ok("attention", impl)
+    name, L, C = shape
+    q, k, v = (torch.randn(B, C // 32, L, 32).to(dtype) for _ in range(3))
+    with K.use(attention=impl):
+        run(benchmark, lambda: K.attention(q, k, v), f"attention[{name} {tuple(q.shape)} {dtype}]", impl)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", TOKENS, ids=[t[0] for t in TOKENS])
+@pytest.mark.parametrize("impl", _impls("linear_gelu"))
+def test_linear_gelu(benchmark, impl, shape, dtype):
+    skip_unless_ok("linear_gelu", impl)
+    name, L, C = shape
+    x = torch.randn(B, L, C).to(dtype)
+    w, b = (torch.randn(4 * C, C) / C ** 0.5).to(dtype), torch.randn(4 * C).to(dtype)
+    with K.use(linear_gelu=impl):
+        run(benchmark, lambda: K.linear_gelu(x, w, b), f"linear_gelu[{name} {tuple(x.shape)} {dtype}]", impl)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", TOKENS, ids=[t[0] for t in TOKENS])
+@pytest.mark.parametrize("impl", _impls("linear_add"))
+def test_linear_add(benchmark, impl, shape, dtype):
+    skip_unless_ok("linear_add", impl)
+    name, L, C = shape
+    x, r = torch.randn(B, L, 4 * C).to(dtype), torch.randn(B, L, C).to(dtype)
+    w, b = (torch.randn(C, 4 * C) / (4 * C) ** 0.5).to(dtype), torch.randn(C).to(dtype)
+    with K.use(linear_add=impl):
+        run(benchmark, lambda: K.linear_add(x, w, b, r), f"linear_add[{name} {tuple(x.shape)} {dtype}]", impl)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", TOKENS, ids=[t[0] for t in TOKENS])
+@pytest.mark.parametrize("impl", _impls("add_layer_norm"))
+def test_add_layer_norm(benchmark, impl, shape, dtype):
+    skip_unless_ok("add_layer_norm", impl)
+    name, L, C = shape
+    x, r = torch.randn(B, L, C).to(dtype), torch.randn(B, L, C).to(dtype)
+    w, b = torch.randn(C), torch.randn(C)
+    with K.use(add_layer_norm=impl):
+        run(benchmark, lambda: K.add_layer_norm(x, r, w, b), f"add_layer_norm[{name} {tuple(x.shape)} {dtype}]",
+            impl, rounds=50)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", TOKENS, ids=[t[0] for t in TOKENS])
+@pytest.mark.parametrize("impl", _impls("layer_norm"))
+def test_layer_norm(benchmark, impl, shape, dtype):
+    skip_unless_ok("layer_norm", impl)
+    name, L, C = shape
+    x = torch.randn(B, L, C).to(dtype)
+    w, b = torch.randn(C), torch.randn(C)
+    with K.use(layer_norm=impl):
+        run(benchmark, lambda: K.layer_norm(x, w, b), f"layer_norm[{name} {tuple(x.shape)} {dtype}]", impl, rounds=50)

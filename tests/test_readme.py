@@ -1,0 +1,22 @@
+"""The README's variants table is the code's output, not typed-in numbers."""
+import pathlib
+
+from ascan.complexity import count_macs, count_params, variants_table
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_variants_table_matches_code():
+    text = README.read_text()
+    start = text.index("<!-- variants-table:start -->\n") + len("<!-- variants-table:start -->\n")
+    end = text.index("<!-- variants-table:end -->")
+    assert text[start:end].strip() == variants_table().strip(), "run `python -m ascan.complexity` and update README.md"
+
+
+def test_mac_counter_counts_a_known_layer():
+    import torch
+
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.Flatten(),
+                            torch.nn.Linear(8 * 4 * 4, 10))
+    assert count_params(m) == 3 * 8 * 9 + 128 * 10 + 10
+    assert count_macs(m, (1, 3, 4, 4)) == 16 * 8 * 27 + 128 * 10
