@@ -61,9 +61,11 @@ class Impl:
     ``fn`` takes the op's arguments exactly as the op's public function receives
     them. ``available`` answers once per process whether the backend exists here
     (installed, built, device present); ``supports`` answers per call whether these
-    inputs can run. Both return ``None`` for yes and a reason string for no.
-    ``autograd`` says whether ``fn`` is differentiable; impls without it are skipped
-    whenever an input requires grad.
+    inputs can run; ``prefer`` answers whether automatic selection should pick it for
+    these inputs (e.g. it was measured slower than the next impl at such shapes) -
+    a forced impl skips that last check. Each returns ``None`` for yes and a reason
+    string for no. ``autograd`` says whether ``fn`` is differentiable; impls without
+    it are skipped whenever an input requires grad.
     """
 
     name: str
@@ -72,6 +74,7 @@ class Impl:
     supports: Check | None = None
     available: Callable[[], "str | None"] | None = None
     autograd: bool = False
+    prefer: Check | None = None
     doc: str = ""
 
 
@@ -161,6 +164,9 @@ class Op:
                 skipped.append((impl.name, "forbidden by use()/ASCAN_KERNELS"))
                 continue
             reason = None if impl.name == EAGER else self.why_not(impl, args, kwargs, needs_grad)
+            if reason is None and impl.prefer is not None:
+                why = impl.prefer(*args, **kwargs)
+                reason = None if why is None else f"not preferred: {why}"
             if reason is None:
                 return impl, tuple(skipped)
             skipped.append((impl.name, reason))

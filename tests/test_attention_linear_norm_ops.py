@@ -279,3 +279,18 @@ def test_add_layer_norm_empty_rows():
     x = torch.randn(0, 8)
     s, out = K.add_layer_norm(x, x, torch.ones(8), torch.zeros(8))
     assert s.shape == out.shape == (0, 8)
+
+
+@pytest.mark.skipif(K.available("attention").get("sdpa") != "ok", reason="sdpa unavailable")
+def test_sdpa_not_preferred_for_small_bf16_cpu_attention():
+    from ascan_kernels.ops.attention import SDPA_CPU_LOWP_MIN_SCORES
+
+    small = qkv(B=1, H=2, Lq=16, Lk=16, D=32, dtype=torch.bfloat16)
+    big = qkv(B=1, H=8, Lq=384, Lk=384, D=32, dtype=torch.bfloat16)
+    assert 1 * 2 * 16 * 16 < SDPA_CPU_LOWP_MIN_SCORES <= 8 * 384 * 384
+    with K.trace() as t:
+        K.attention(*small)
+        K.attention(*big)
+        K.attention(*(x.float() for x in small))
+    assert t.impls() == ["eager", "sdpa", "sdpa"]
+    assert "not preferred" in dict(t.records[0].skipped)["sdpa"]

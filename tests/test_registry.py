@@ -62,6 +62,19 @@ def test_dispatch_walks_priorities_and_records_reasons(toy_op):
     assert "fast" in t.table(per_call=True).splitlines()[2]
 
 
+def test_prefer_steers_auto_selection_but_not_forcing(toy_op):
+    op, calls = toy_op
+    op.register(R.Impl("picky", lambda x, flag=False: calls.append("picky") or x, priority=25,
+                       prefer=lambda x, flag=False: "measured slower" if x.numel() < 10 else None))
+    with K.trace() as t:
+        op(torch.zeros(3))
+        op(torch.zeros(20))
+        with K.use(toy_op="picky"):
+            op(torch.zeros(3))
+    assert calls == ["fast", "picky", "picky"]
+    assert ("picky", "not preferred: measured slower") in t.records[0].skipped
+
+
 def test_grad_skips_impls_without_backward(toy_op):
     op, calls = toy_op
     x = torch.zeros(3, requires_grad=True)

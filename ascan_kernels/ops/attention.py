@@ -40,9 +40,25 @@ def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
 
 
+# Below this many attention scores (B*H*Lq*Lk) PyTorch's CPU flash kernel in bf16/fp16
+# lost to the eager reference on our bench machine (bench/test_ops.py: 0.46x at
+# (16,16,49,49), 0.69x at (1,8,196,196); 2.7x faster at (16,8,196,196)), so the
+# registry does not prefer it there.
+SDPA_CPU_LOWP_MIN_SCORES = 1 << 20
+
+
 def _sdpa_supports(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
     if q.numel() == 0 or k.shape[-2] == 0:
         return "empty input"
+    return None
+
+
+def _sdpa_prefer(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
+    if q.device.type == "cpu" and chk.compute_dtype(q) in (torch.bfloat16, torch.float16):
+        scores = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
+        if scores < SDPA_CPU_LOWP_MIN_SCORES:
+            return (f"CPU {chk.compute_dtype(q)} with {scores} scores (< {SDPA_CPU_LOWP_MIN_SCORES}): "
+                    "measured slower than the eager reference")
     return None
 
 
@@ -73,7 +89,7 @@ def _validate(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
 
 attention_op = register_op(OP, attention_reference, "softmax(q k^T * scale + mask) v", _validate)
 attention_op.register(Impl(
-    "sdpa", _sdpa, priority=50, supports=_sdpa_supports, autograd=True,
+    "sdpa", _sdpa, priority=50, supports=_sdpa_supports, prefer=_sdpa_prefer, autograd=True,
     doc="torch.nn.functional.scaled_dot_product_attention (flash/fused kernels on CPU and CUDA)",
 ))
 
