@@ -16,6 +16,7 @@ pybind11::dict build_info() {
 #else
   d["with_cuda"] = false;
 #endif
+  d["add_layer_norm_isa"] = ascan::cpu::add_layer_norm_kernel_isa();
   d["cxx11_abi"] = static_cast<bool>(_GLIBCXX_USE_CXX11_ABI);
 #ifdef _OPENMP
   d["openmp"] = true;
