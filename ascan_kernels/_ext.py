@@ -55,8 +55,15 @@ def has_cuda_kernels() -> bool:
     return bool(mod is not None and mod.build_info().get("with_cuda"))
 
 
+_FAKES_REGISTERED = False
+
+
 def _register_fakes() -> None:
-    """Meta/fake impls for the C++ ops, so torch.compile and opcheck can trace them."""
+    """Meta/fake impls for the C++ ops, so torch.compile and opcheck can trace them (once)."""
+    global _FAKES_REGISTERED
+    if _FAKES_REGISTERED:
+        return
+    _FAKES_REGISTERED = True
 
     @torch.library.register_fake("ascan_C::add_layer_norm")
     def _(x, residual, weight, bias, eps):

@@ -35,3 +35,24 @@ def assert_error_within(actual: torch.Tensor, lowp_eager: torch.Tensor, ref_fp32
     err = (actual.float() - ref_fp32.float()).abs().max().item()
     base = (lowp_eager.float() - ref_fp32.float()).abs().max().item()
     assert err <= factor * base + floor, f"max error {err:.3e} > {factor} x eager error {base:.3e} + {floor:g}"
+
+
+def grads_by_impl(op: str, impls, fn, inputs) -> dict[str, list]:
+    """Gradients of ``fn(*inputs)`` w.r.t. every input, once per impl of ``op`` (forced).
+
+    The loss weights each output element differently (a ramp), so a wrong index or a
+    transposed gradient cannot cancel out. Returns ``{impl: [grad per input]}``.
+    """
+    from .registry import use
+
+    out: dict[str, list] = {}
+    for name in impls:
+        ins = [t.detach().clone().requires_grad_() for t in inputs]
+        with use(**{op: name}):
+            res = fn(*ins)
+        loss = 0.0
+        for r in res if isinstance(res, tuple) else (res,):
+            loss = loss + (r * torch.linspace(-1, 1, r.numel()).reshape(r.shape)).sum()
+        loss.backward()
+        out[name] = [t.grad for t in ins]
+    return out

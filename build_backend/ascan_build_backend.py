@@ -1,18 +1,36 @@
-"""PEP 517 backend for ascan: setuptools, but compiled against the *installed* torch.
+"""In-tree PEP 517 build backend for ascan: setuptools, compiled against the *installed* torch.
 
-Why this exists: ``pip install -e .`` builds in an isolated environment. A C++/CUDA
-extension for PyTorch must be compiled against the very torch it will be imported
-by (the C++ ABI changes between releases), and listing ``torch`` in
-``build-system.requires`` would make pip install a second, possibly different torch
-into the throwaway build environment - several GB, and with pip >= 26.2 not bound
-by any local version cap. So, when the isolated build environment has no torch, we
-ask the target interpreter (``sys.executable``, with pip's isolation variables
-removed) where its torch lives and append that site-packages directory to
-``sys.path``. Appending keeps the build environment's own setuptools first.
+Why this exists
+---------------
+``pip install -e .`` builds in an isolated environment that holds only the packages of
+``[build-system] requires``. A PyTorch C++ extension must be compiled against the very
+torch that will import it (torch's C++ API and ABI change between releases, even between
+the CPU and CUDA builds of one release), so that torch is the one in the *target*
+environment. Listing ``torch`` in ``build-system.requires`` would instead make pip
+download a second torch into the throwaway build environment: several GB, possibly
+another version or CUDA variant than the installed one, and with pip >= 26.2 not bound by
+the version caps of a local pip config (pip does not apply ``constraint =`` files to
+isolated build environments).
 
-If the target environment has no torch at all, we fall back to asking pip for one
-(with a loud warning): the package still installs, compiled against that torch.
-``pip install --no-build-isolation -e .`` needs none of this and keeps working.
+So, when ``import torch`` fails in the build process, this module asks the target
+interpreter where its torch lives, with pip's isolation undone for that one query, and
+APPENDS that site-packages directory to ``sys.path``. Appending keeps the build
+environment's own setuptools ahead of the target's. Only when no torch is found anywhere
+does ``get_requires_for_build_*`` ask pip for one, with a loud warning.
+
+How pip isolates a build (pip 26): by default (the "virtual" build environment) the
+backend runs under the target interpreter itself, ``sys.executable``, with
+``PYTHONNOUSERSITE=1`` and ``PYTHONPATH`` pointing at a ``sitecustomize`` that removes the
+target's site-packages from ``sys.path``; so running ``sys.executable`` with those two
+variables removed sees the target environment. With ``--use-feature=venv-isolation`` the
+backend runs in a fresh venv whose interpreter has no access to the target at all; then
+the target is looked for through ``VIRTUAL_ENV`` / ``CONDA_PREFIX`` and through the
+interpreter running pip (the nearest ancestor process that is a Python). A candidate
+counts only if its Python version equals the build interpreter's, since the extension is
+compiled for this interpreter's ABI.
+
+``pip install --no-build-isolation -e .`` needs none of this (torch is importable) and
+keeps working; ``ASCAN_SKIP_EXT=1`` (pure-Python install) needs neither torch nor ninja.
 """
 from __future__ import annotations
 
@@ -21,30 +39,33 @@ import os
 import subprocess
 import sys
 
-from setuptools import build_meta as _orig
+from setuptools import build_meta as _setuptools
 
-# Variables pip sets to isolate the build; the probe must see the real environment.
-_ISOLATION_VARS = ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONHOME", "PYTHONSAFEPATH")
+# Environment variables pip sets (or that could otherwise hide the target environment).
+_ISOLATION_VARS = ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONSTARTUP")
 
-_PROBE = (
-    "import json, os, torch; "
-    "print(json.dumps({'site': os.path.dirname(os.path.dirname(torch.__file__)), 'version': torch.__version__}))"
-)
+# Locates torch without importing it (fast: no CUDA libraries are loaded).
+_PROBE = r"""
+import json, os, sys
+from importlib import metadata, util
+spec = util.find_spec("torch")
+if spec is None or not spec.origin:
+    raise SystemExit(3)
+try:
+    version = metadata.version("torch")
+except metadata.PackageNotFoundError:
+    version = "unknown"
+print(json.dumps({"site": os.path.dirname(os.path.dirname(spec.origin)), "version": version,
+                  "python": list(sys.version_info[:2])}))
+"""
 
 
-def _find_target_torch() -> dict | None:
-    env = {k: v for k, v in os.environ.items() if k not in _ISOLATION_VARS}
-    try:
-        out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
-                             timeout=300, cwd=os.path.expanduser("~"))
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    try:
-        return json.loads(out.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
+def _log(msg: str) -> None:
+    print(f"ascan build backend: {msg}", file=sys.stderr, flush=True)
+
+
+def _skip_ext() -> bool:
+    return os.environ.get("ASCAN_SKIP_EXT", "").strip() not in ("", "0")
 
 
 def _torch_importable() -> bool:
@@ -55,39 +76,113 @@ def _torch_importable() -> bool:
     return True
 
 
-_FOUND = None
-if not _torch_importable():
-    _FOUND = _find_target_torch()
-    if _FOUND is not None and _FOUND["site"] not in sys.path:
-        sys.path.append(_FOUND["site"])
-        print(f"ascan build: compiling against the installed torch {_FOUND['version']} from {_FOUND['site']}",
-              file=sys.stderr)
+def _ancestor_pythons(max_depth: int = 4) -> list[str]:
+    """Interpreters of the processes above this one (pip's, typically), Linux only."""
+    found: list[str] = []
+    pid = os.getppid()
+    for _ in range(max_depth):
+        if pid <= 1:
+            break
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv0 = f.read().split(b"\0")[0].decode()
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        if os.path.isabs(argv0) and "python" in os.path.basename(argv0):
+            found.append(argv0)
+    return found
+
+
+def _candidate_interpreters() -> list[str]:
+    cands = [sys.executable]
+    for var in ("VIRTUAL_ENV", "CONDA_PREFIX"):
+        prefix = os.environ.get(var)
+        if prefix:
+            cands += [os.path.join(prefix, "bin", "python"), os.path.join(prefix, "python.exe")]
+    cands += _ancestor_pythons()
+    seen, out = set(), []
+    for c in cands:
+        if c and c not in seen and os.path.isfile(c):
+            seen.add(c)
+            out.append(c)
+    return out
+
+
+def _probe(python: str) -> dict | None:
+    env = {k: v for k, v in os.environ.items() if k not in _ISOLATION_VARS}
+    try:
+        res = subprocess.run([python, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120,
+                             cwd=os.path.expanduser("~"))  # not the source tree: no stray 'torch' dir
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if res.returncode != 0:
+        return None
+    try:
+        found = json.loads(res.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    if tuple(found.get("python", ())) != tuple(sys.version_info[:2]):
+        return None  # another Python: its torch would not fit this interpreter's ABI
+    return found
+
+
+def _find_target_torch() -> dict | None:
+    for python in _candidate_interpreters():
+        found = _probe(python)
+        if found is not None:
+            found["interpreter"] = python
+            return found
+    return None
+
+
+TARGET_TORCH: dict | None = None
+if not _skip_ext() and not _torch_importable():
+    TARGET_TORCH = _find_target_torch()
+    if TARGET_TORCH is not None:
+        if TARGET_TORCH["site"] not in sys.path:
+            sys.path.append(TARGET_TORCH["site"])
+        _log(f"compiling against the installed torch {TARGET_TORCH['version']} from {TARGET_TORCH['site']} "
+             f"(found via {TARGET_TORCH['interpreter']})")
 
 
 def _extra_requires() -> list[str]:
+    if _skip_ext():
+        return []
     req = ["ninja"]
     if not _torch_importable():
-        print("ascan build: WARNING: no torch in the target environment; pip will install one into the build "
-              "environment and the extension will be compiled against it. Install torch first to avoid this.",
-              file=sys.stderr)
+        _log("WARNING " + "!" * 60)
+        _log("WARNING: no torch found in the target environment. pip will now download torch into the "
+             "isolated build environment (several GB, and not necessarily the torch you will run) and the "
+             "extension will be compiled against THAT torch. Install torch first, or build with "
+             "`pip install --no-build-isolation -e .`, or set ASCAN_SKIP_EXT=1 for a pure-Python install.")
+        _log("WARNING " + "!" * 60)
         req.append("torch")
     return req
 
 
 def get_requires_for_build_wheel(config_settings=None):
-    return _orig.get_requires_for_build_wheel(config_settings) + _extra_requires()
+    return _setuptools.get_requires_for_build_wheel(config_settings) + _extra_requires()
 
 
 def get_requires_for_build_editable(config_settings=None):
-    return _orig.get_requires_for_build_editable(config_settings) + _extra_requires()
+    return _setuptools.get_requires_for_build_editable(config_settings) + _extra_requires()
 
 
 def get_requires_for_build_sdist(config_settings=None):
-    return _orig.get_requires_for_build_sdist(config_settings)
+    return _setuptools.get_requires_for_build_sdist(config_settings)
 
 
-build_wheel = _orig.build_wheel
-build_sdist = _orig.build_sdist
-build_editable = _orig.build_editable
-prepare_metadata_for_build_wheel = _orig.prepare_metadata_for_build_wheel
-prepare_metadata_for_build_editable = _orig.prepare_metadata_for_build_editable
+# Every other hook is setuptools' own.
+prepare_metadata_for_build_wheel = _setuptools.prepare_metadata_for_build_wheel
+prepare_metadata_for_build_editable = _setuptools.prepare_metadata_for_build_editable
+build_wheel = _setuptools.build_wheel
+build_editable = _setuptools.build_editable
+build_sdist = _setuptools.build_sdist
+
+__all__ = [
+    "get_requires_for_build_wheel", "get_requires_for_build_editable", "get_requires_for_build_sdist",
+    "prepare_metadata_for_build_wheel", "prepare_metadata_for_build_editable",
+    "build_wheel", "build_editable", "build_sdist",
+]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import ascan_kernels as K
-from ascan_kernels.testing import assert_close, assert_error_within
+from ascan_kernels.testing import assert_close, assert_error_within, grads_by_impl
 
 
 def fused_impls(op):
@@ -65,15 +65,9 @@ def test_attention_matches_reference(impl, dtype, shape, mask):
 
 @pytest.mark.parametrize("impl", fused_impls("attention"))
 def test_attention_gradients(impl):
-    q, k, v = qkv(Lq=9, Lk=13, D=16)
     m = torch.randn(2, 3, 9, 13)
-    grads = {}
-    for name in (impl, "eager"):
-        ins = [t.clone().requires_grad_() for t in (q, k, v)]
-        with K.use(attention=name):
-            out = K.attention(*ins, m)
-        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
-        grads[name] = [t.grad for t in ins]
+    grads = grads_by_impl("attention", (impl, "eager"), lambda q, k, v: K.attention(q, k, v, m),
+                          qkv(Lq=9, Lk=13, D=16))
     for a, b in zip(grads[impl], grads["eager"]):
         assert_close(a, b)
 
@@ -140,14 +134,8 @@ def test_linear_gelu_matches_reference(impl, dtype, shape, approximate):
 
 @pytest.mark.parametrize("impl", fused_impls("linear_gelu"))
 def test_linear_gelu_gradients(impl):
-    x, w, b = torch.randn(4, 7, 12), torch.randn(20, 12) * 0.3, torch.randn(20)
-    grads = {}
-    for name in (impl, "eager"):
-        ins = [t.clone().requires_grad_() for t in (x, w, b)]
-        with K.use(linear_gelu=name):
-            out = K.linear_gelu(*ins)
-        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
-        grads[name] = [t.grad for t in ins]
+    inputs = (torch.randn(4, 7, 12), torch.randn(20, 12) * 0.3, torch.randn(20))
+    grads = grads_by_impl("linear_gelu", (impl, "eager"), K.linear_gelu, inputs)
     for a, b_ in zip(grads[impl], grads["eager"]):
         assert_close(a, b_)
 
@@ -198,14 +186,8 @@ def test_linear_add_matches_reference(impl, dtype, shape):
 
 @pytest.mark.parametrize("impl", fused_impls("linear_add"))
 def test_linear_add_gradients(impl):
-    x, w, b, r = torch.randn(4, 7, 12), torch.randn(20, 12) * 0.3, torch.randn(20), torch.randn(4, 7, 20)
-    grads = {}
-    for name in (impl, "eager"):
-        ins = [t.clone().requires_grad_() for t in (x, w, b, r)]
-        with K.use(linear_add=name):
-            out = K.linear_add(*ins)
-        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
-        grads[name] = [t.grad for t in ins]
+    inputs = (torch.randn(4, 7, 12), torch.randn(20, 12) * 0.3, torch.randn(20), torch.randn(4, 7, 20))
+    grads = grads_by_impl("linear_add", (impl, "eager"), K.linear_add, inputs)
     for a, b_ in zip(grads[impl], grads["eager"]):
         assert_close(a, b_)
 
@@ -249,14 +231,10 @@ def test_add_layer_norm_matches_reference(impl, dtype, shape):
 
 @pytest.mark.parametrize("impl", fused_impls("add_layer_norm"))
 def test_add_layer_norm_gradients(impl):
-    x, r, w, b = torch.randn(2, 9, 24), torch.randn(2, 9, 24), torch.randn(24), torch.randn(24)
-    grads = {}
-    for name in (impl, "eager"):
-        ins = [t.clone().requires_grad_() for t in (x, r, w, b)]
-        with K.use(add_layer_norm=name):
-            s, out = K.add_layer_norm(*ins)
-        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape) + s.sin()).sum().backward()
-        grads[name] = [t.grad for t in ins]
+    inputs = (torch.randn(2, 9, 24), torch.randn(2, 9, 24), torch.randn(24), torch.randn(24))
+    # both outputs carry gradient: the sum (through sin) and the normalised rows
+    grads = grads_by_impl("add_layer_norm", (impl, "eager"),
+                          lambda *a: (lambda s, o: (s.sin(), o))(*K.add_layer_norm(*a)), inputs)
     for a, b_ in zip(grads[impl], grads["eager"]):
         assert_close(a, b_)
 

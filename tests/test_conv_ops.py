@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import ascan_kernels as K
-from ascan_kernels.testing import assert_close, assert_error_within
+from ascan_kernels.testing import assert_close, assert_error_within, grads_by_impl
 
 FUSED = [i for i, s in K.available("conv_bn_gelu").items() if s == "ok" and i != "eager"]
 DTYPES = [torch.float32, torch.bfloat16]
@@ -115,17 +115,14 @@ def test_fold_bn_matches_batch_norm():
 @pytest.mark.parametrize("op", ["conv_bn_gelu", "conv_bn_add"])
 def test_gradients_in_eval_mode(op, impl):
     x, w, bn = make(4, 6, 3, hw=(7, 8))
-    res = torch.randn(2, 6, 7, 8) if op == "conv_bn_add" else None
-    grads = {}
-    for name in (impl, "eager"):
-        xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
-        g = bn["bn_weight"].clone().requires_grad_()
-        r = res.clone().requires_grad_() if res is not None else None
-        with K.use(**{op: name}), K.trace() as t:
-            out = call(op, xs, ws, {**bn, "bn_weight": g}, r, padding=1)
-        assert t.impls() == [name]
-        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
-        grads[name] = [xs.grad, ws.grad, g.grad] + ([r.grad] if r is not None else [])
+    inputs = [x, w, bn["bn_weight"]] + ([torch.randn(2, 6, 7, 8)] if op == "conv_bn_add" else [])
+
+    def fn(x, w, g, r=None):
+        return call(op, x, w, {**bn, "bn_weight": g}, r, padding=1)
+
+    with K.trace() as t:
+        grads = grads_by_impl(op, (impl, "eager"), fn, inputs)
+    assert t.impls() == [impl, "eager"]
     for a, b in zip(grads[impl], grads["eager"]):
         assert_close(a, b)
 

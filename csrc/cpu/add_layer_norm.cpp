@@ -1,4 +1,11 @@
-// Torch-facing add_layer_norm: checks inputs, picks the kernel for this CPU, runs rows in parallel.
+// ascan_C::add_layer_norm on the CPU: input checks, output allocation, the choice of row
+// kernel for this CPU, and the parallel loop over rows. The arithmetic is in
+// add_layer_norm_kernel.h.
+//
+// Why fused: eager PyTorch reads x and residual and writes s, then LayerNorm reads s
+// (statistics), reads it again (normalise) and writes out, with two dispatcher calls, two
+// parallel regions and mean/rstd allocations. Here each row of x and residual is read
+// once, s is written and re-read from L1, and out is written: one pass over memory.
 #include "ascan/add_layer_norm.h"
 
 #include <ATen/Parallel.h>
@@ -7,78 +14,135 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 
-#include "add_layer_norm_dispatch.h"
+#include "add_layer_norm.h"
 
 namespace ascan::cpu {
 namespace {
 
-using RowsFn = void (*)(const AddLayerNormArgs&, int64_t, int64_t);
+enum class Isa { kBase, kAvx2, kAvx512 };
 
-// ATen's own choice (honours ATEN_CPU_CAPABILITY), so we never run an ISA torch avoids.
-RowsFn pick_kernel() {
-  static const RowsFn fn = [] {
-    const std::string cap = at::get_cpu_capability();
-    if (cap.rfind("AVX512", 0) == 0) return &AVX512::add_layer_norm_rows;
-    if (cap.rfind("AVX2", 0) == 0) return &AVX2::add_layer_norm_rows;
-    return &DEFAULT::add_layer_norm_rows;
-  }();
-  return fn;
+Isa detect_isa() {
+#if ASCAN_X86_KERNELS
+  // torch's choice honours ATEN_CPU_CAPABILITY (e.g. =avx2 or =default to force a lower
+  // one); the cpu checks guard against a torch that would claim more than this CPU has.
+  const std::string cap = at::get_cpu_capability();
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi") &&
+                    __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (cap == "AVX512" && avx512) return Isa::kAvx512;
+  if ((cap == "AVX512" || cap == "AVX2") && avx2) return Isa::kAvx2;
+#endif
+  return Isa::kBase;
+}
+
+Isa isa() {
+  static const Isa chosen = detect_isa();
+  return chosen;
+}
+
+AddLayerNormRowsFn pick_kernel(at::ScalarType dt) {
+#define ASCAN_PICK(ns)                                                       \
+  switch (dt) {                                                              \
+    case at::kFloat: return &ns::add_layer_norm_rows_f32;                    \
+    case at::kBFloat16: return &ns::add_layer_norm_rows_bf16;                \
+    case at::kHalf: return &ns::add_layer_norm_rows_f16;                     \
+    default: TORCH_CHECK(false, "ascan add_layer_norm: unsupported dtype ", dt); \
+  }
+  switch (isa()) {
+#if ASCAN_X86_KERNELS
+    case Isa::kAvx512: ASCAN_PICK(avx512)
+    case Isa::kAvx2: ASCAN_PICK(avx2)
+#endif
+    default: ASCAN_PICK(base)
+  }
+#undef ASCAN_PICK
+}
+
+// Rows per task: about this many elements, so that small inputs stay on one thread
+// (a parallel region costs a few microseconds) and large ones use every core.
+constexpr int64_t kGrainElements = 16384;
+
+void check_inputs(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                  const at::Tensor& bias, double eps) {
+  const auto named = {std::make_pair("x", &x), std::make_pair("residual", &residual),
+                      std::make_pair("weight", &weight), std::make_pair("bias", &bias)};
+  for (const auto& [name, t] : named) {
+    TORCH_CHECK(t->defined(), "ascan add_layer_norm: ", name, " is undefined (None)");
+    TORCH_CHECK(t->device().is_cpu(), "ascan add_layer_norm: ", name, " must be a CPU tensor, got device ",
+                t->device());
+  }
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
+              "ascan add_layer_norm: x must be float32, bfloat16 or float16, got ", dt);
+  TORCH_CHECK(residual.scalar_type() == dt, "ascan add_layer_norm: residual dtype ", residual.scalar_type(),
+              " differs from x dtype ", dt, " (mixed dtypes are not supported)");
+  TORCH_CHECK(x.dim() >= 1, "ascan add_layer_norm: x must have at least 1 dim, got a 0-dim tensor");
+  TORCH_CHECK(residual.sizes() == x.sizes(), "ascan add_layer_norm: residual shape ", residual.sizes(),
+              " differs from x shape ", x.sizes());
+  const int64_t C = x.size(-1);
+  TORCH_CHECK(C > 0, "ascan add_layer_norm: the normalised (last) dim of x is empty, shape ", x.sizes());
+  for (const auto& [name, t] : {std::make_pair("weight", &weight), std::make_pair("bias", &bias)}) {
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == C, "ascan add_layer_norm: ", name, " must have shape (", C,
+                ") to match x's last dim, got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == at::kFloat || t->scalar_type() == dt, "ascan add_layer_norm: ", name,
+                " dtype must be float32 or x's dtype ", dt, ", got ", t->scalar_type());
+    TORCH_CHECK(t->is_contiguous(), "ascan add_layer_norm: ", name, " must be contiguous");
+  }
+  TORCH_CHECK(x.is_contiguous(), "ascan add_layer_norm: x must be contiguous, got strides ", x.strides(),
+              " (call .contiguous())");
+  TORCH_CHECK(residual.is_contiguous(), "ascan add_layer_norm: residual must be contiguous, got strides ",
+              residual.strides(), " (call .contiguous())");
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, "ascan add_layer_norm: eps must be finite and >= 0, got ", eps);
 }
 
 }  // namespace
 
+const char* cpu_kernel_isa() {
+  switch (isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "base";
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor& x, const at::Tensor& residual,
                                                   const at::Tensor& weight, const at::Tensor& bias,
                                                   double eps) {
-  TORCH_CHECK(x.device().is_cpu() && residual.device().is_cpu() && weight.device().is_cpu() &&
-                  bias.device().is_cpu(),
-              "ascan add_layer_norm: all tensors must be on the CPU, got x on ", x.device(), ", residual on ",
-              residual.device(), ", weight on ", weight.device(), ", bias on ", bias.device());
-  const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16,
-              "ascan add_layer_norm: x must be float32 or bfloat16, got ", dt);
-  TORCH_CHECK(residual.scalar_type() == dt, "ascan add_layer_norm: residual dtype ", residual.scalar_type(),
-              " differs from x dtype ", dt);
-  TORCH_CHECK(x.dim() >= 1, "ascan add_layer_norm: x must have at least one dim");
-  TORCH_CHECK(residual.sizes() == x.sizes(), "ascan add_layer_norm: residual shape ", residual.sizes(),
-              " differs from x shape ", x.sizes());
-  TORCH_CHECK(x.is_contiguous() && residual.is_contiguous(),
-              "ascan add_layer_norm: x and residual must be contiguous");
+  check_inputs(x, residual, weight, bias, eps);
+  auto s = at::empty_like(x, at::MemoryFormat::Contiguous);
+  auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
   const int64_t C = x.size(-1);
-  TORCH_CHECK(C > 0, "ascan add_layer_norm: the normalised (last) dim is empty");
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == C && bias.dim() == 1 && bias.size(0) == C,
-              "ascan add_layer_norm: weight and bias must have shape (", C, "), got ", weight.sizes(), " and ",
-              bias.sizes());
-  const auto wdt = weight.scalar_type();
-  TORCH_CHECK((wdt == at::kFloat || wdt == dt) && bias.scalar_type() == wdt,
-              "ascan add_layer_norm: weight/bias must both be float32 or x's dtype (", dt, "), got ", wdt, " and ",
-              bias.scalar_type());
-  TORCH_CHECK(eps >= 0, "ascan add_layer_norm: eps must be >= 0, got ", eps);
-
-  auto s = at::empty_like(x);
-  auto out = at::empty_like(x);
   const int64_t rows = x.numel() / C;
   if (rows == 0) return {s, out};
-  const auto w = weight.to(at::kFloat).contiguous();
-  const auto b = bias.to(at::kFloat).contiguous();
-  const AddLayerNormArgs args{
-      x.const_data_ptr(), residual.const_data_ptr(), w.const_data_ptr<float>(), b.const_data_ptr<float>(),
-      s.mutable_data_ptr(), out.mutable_data_ptr(), C, static_cast<float>(eps),
-      dt == at::kFloat ? RowDtype::kFloat : RowDtype::kBFloat16};
-  const RowsFn kernel = pick_kernel();
-  // ~16K elements per task: enough work to amortise a thread hand-off.
-  const int64_t grain = std::max<int64_t>(1, 16384 / C);
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
-  return {s, out};
-}
 
-std::string add_layer_norm_kernel_isa() {
-  const RowsFn fn = pick_kernel();
-  if (fn == &AVX512::add_layer_norm_rows) return "AVX512";
-  if (fn == &AVX2::add_layer_norm_rows) return "AVX2";
-  return "DEFAULT";
+  // The kernels read float32 weight/bias; reduced-precision ones are widened once here.
+  const at::Tensor w = weight.scalar_type() == at::kFloat ? weight : weight.to(at::kFloat);
+  const at::Tensor b = bias.scalar_type() == at::kFloat ? bias : bias.to(at::kFloat);
+
+  AddLayerNormArgs args;
+  args.x = x.const_data_ptr();
+  args.residual = residual.const_data_ptr();
+  args.weight = w.const_data_ptr<float>();
+  args.bias = b.const_data_ptr<float>();
+  args.sum = s.mutable_data_ptr();
+  args.out = out.mutable_data_ptr();
+  args.C = C;
+  args.eps = static_cast<float>(eps);
+
+  const AddLayerNormRowsFn kernel = pick_kernel(x.scalar_type());
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / C);
+  if (rows <= grain) {
+    kernel(args, 0, rows);  // skip the parallel region's overhead
+  } else {
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
+  }
+  return {s, out};
 }
 
 }  // namespace ascan::cpu

@@ -1,11 +1,12 @@
-// AVX-512 build of the add + LayerNorm row kernel; run only where ATen reports AVX512.
-#include "add_layer_norm_dispatch.h"
-#if defined(__x86_64__) && defined(__GNUC__)
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
-#define ASCAN_ISA AVX512
+// add_layer_norm row kernels for x86-64 with AVX-512 (F, BW, VL, DQ) + FMA, selected at
+// run time only on CPUs that have them. See add_layer_norm_kernel.h.
+#include "add_layer_norm.h"
+
+#if ASCAN_X86_KERNELS
+// Same instruction set as ATen's own AVX512 kernels; must precede every include.
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+#define ASCAN_ISA avx512
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
 #include "add_layer_norm_kernel.h"
-#else
-namespace ascan::cpu::AVX512 {
-void add_layer_norm_rows(const AddLayerNormArgs& a, int64_t b, int64_t e) { DEFAULT::add_layer_norm_rows(a, b, e); }
-}  // namespace ascan::cpu::AVX512
 #endif

@@ -1,100 +1,207 @@
-// The add + LayerNorm row kernel, compiled once per instruction set.
+// Row kernels of add_layer_norm, written once against at::vec::Vectorized<float> and
+// compiled once per instruction set. Include ONLY from add_layer_norm_{base,avx2,avx512}.cpp,
+// each of which first defines:
+//   ASCAN_ISA       the namespace the kernels go to (base, avx2, avx512),
+//   CPU_CAPABILITY  + CPU_CAPABILITY_<ISA>: what selects ATen's vector implementation and
+//                   puts its inline code in an ISA-specific namespace (at::vec::AVX512 ...),
+// and, for avx2/avx512, a `#pragma GCC target` enabling those instructions.
 //
-// add_layer_norm_{default,avx2,avx512}.cpp each set an ISA target and include this
-// header inside their own namespace; add_layer_norm.cpp picks one at run time from
-// ATen's CPU capability. The loops are plain C++ written for the compiler's
-// vectoriser (`omp simd`, restrict pointers, branch-free bf16 rounding): this header
-// includes no torch headers, so nothing compiled with a wider ISA here can leak into
-// inline functions shared with the rest of the program.
+// Rules that keep the ISA-specific code from leaking into the rest of the extension:
+// nothing here has static storage or runs at load time, nothing is called except through
+// the three entry points, and only at::vec and plain arithmetic are used (no at::Tensor,
+// no dispatcher, no threading: the caller parallelises over rows).
 //
-// Why one pass: eager PyTorch reads x and residual, writes s, then LayerNorm reads s
-// again and writes out (3 reads + 2 writes of the activation). Here each row is
-// loaded once into a float32 scratch row (C <= a few thousand: it stays in L1/L2)
-// and both outputs are written from it (2 reads + 2 writes). For bfloat16, s is
-// rounded to bfloat16 *before* it is normalised, so `out` is layer_norm of exactly
-// the `s` returned (what eager computes); accumulation is float32 throughout.
+// Per row (C elements, kept hot in L1 between the passes):
+//   1. s = x + residual in float32, rounded to the input dtype and stored; the sum of the
+//      *rounded* s is accumulated (so the statistics are those of the s we return, as in
+//      eager `layer_norm(x + residual)`).
+//   2. variance = mean((s - mean)^2): the two-pass formula, no cancellation.
+//   3. out = (s - mean) * rstd * weight + bias, rounded to the input dtype.
+// All arithmetic is float32; reduced-precision inputs are widened on load.
 #pragma once
+
+#ifndef ASCAN_ISA
+#error "define ASCAN_ISA (and CPU_CAPABILITY) before including add_layer_norm_kernel.h"
+#endif
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
-#include <vector>
+#include <tuple>
 
-#include "add_layer_norm_dispatch.h"
+#include "add_layer_norm.h"
 
+namespace ascan::cpu::ASCAN_ISA {
 namespace {
 
-inline float bf16_to_f32(uint16_t v) {
-  const uint32_t u = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kV = Vec::size();
 
-// Round to nearest even, NaN stays NaN: the same rounding as c10::BFloat16.
-inline uint16_t f32_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  const uint16_t rounded = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-  return f != f ? static_cast<uint16_t>(0x7fc0) : rounded;
-}
+// Loads/stores of 2 * kV elements ("a step") as two float vectors, for each dtype.
+// The count overloads handle a row's tail (0 < n < kStep): lanes past n load as 0 and
+// are not stored.
+template <typename T>
+struct Io;
 
-struct F32 {
-  using T = float;
-  static float load(float v) { return v; }
-  static float store(float v) { return v; }
+template <>
+struct Io<float> {
+  static constexpr int64_t kStep = 2 * kV;
+  static void load(const float* p, Vec& a, Vec& b) {
+    a = Vec::loadu(p);
+    b = Vec::loadu(p + kV);
+  }
+  static void load(const float* p, int64_t n, Vec& a, Vec& b) {
+    a = Vec::loadu(p, n < kV ? n : kV);
+    b = n > kV ? Vec::loadu(p + kV, n - kV) : Vec(0.f);
+  }
+  static void store(float* p, const Vec& a, const Vec& b) {
+    a.store(p);
+    b.store(p + kV);
+  }
+  static void store(float* p, int64_t n, const Vec& a, const Vec& b) {
+    a.store(p, static_cast<int>(n < kV ? n : kV));
+    if (n > kV) b.store(p + kV, static_cast<int>(n - kV));
+  }
+  // Store, leaving (a, b) equal to what was stored: float32 needs no rounding.
+  static void store_rounded(float* p, Vec& a, Vec& b) { store(p, a, b); }
+  static void store_rounded(float* p, int64_t n, Vec& a, Vec& b) { store(p, n, a, b); }
 };
 
-struct BF16 {
-  using T = uint16_t;
-  static float load(uint16_t v) { return bf16_to_f32(v); }
-  static uint16_t store(float v) { return f32_to_bf16(v); }
+template <typename T>
+struct IoReduced {  // c10::BFloat16, c10::Half
+  using RVec = at::vec::Vectorized<T>;
+  static_assert(RVec::size() == 2 * kV, "a reduced-precision vector must widen to two float vectors");
+  static constexpr int64_t kStep = RVec::size();
+
+  static void load(const T* p, Vec& a, Vec& b) { std::tie(a, b) = at::vec::convert_to_float<T>(RVec::loadu(p)); }
+  static void load(const T* p, int64_t n, Vec& a, Vec& b) {
+    std::tie(a, b) = at::vec::convert_to_float<T>(RVec::loadu(p, static_cast<int>(n)));
+  }
+  static void store(T* p, const Vec& a, const Vec& b) { at::vec::convert_from_float<T>(a, b).store(p); }
+  static void store(T* p, int64_t n, const Vec& a, const Vec& b) {
+    at::vec::convert_from_float<T>(a, b).store(p, static_cast<int>(n));
+  }
+  // Round to T (round-to-nearest-even, like eager), store, and widen the rounded value back.
+  static void store_rounded(T* p, Vec& a, Vec& b) {
+    const RVec r = at::vec::convert_from_float<T>(a, b);
+    r.store(p);
+    std::tie(a, b) = at::vec::convert_to_float<T>(r);
+  }
+  static void store_rounded(T* p, int64_t n, Vec& a, Vec& b) {
+    const RVec r = at::vec::convert_from_float<T>(a, b);
+    r.store(p, static_cast<int>(n));
+    std::tie(a, b) = at::vec::convert_to_float<T>(r);
+  }
 };
 
-template <typename S>
-void rows(const ascan::cpu::AddLayerNormArgs& a, int64_t begin, int64_t end) {
-  using T = typename S::T;
-  const int64_t C = a.C;
-  const float* __restrict w = a.weight;
-  const float* __restrict b = a.bias;
-  std::vector<float> scratch(C);
-  float* __restrict sb = scratch.data();
-  for (int64_t r = begin; r < end; ++r) {
-    const T* __restrict x = static_cast<const T*>(a.x) + r * C;
-    const T* __restrict res = static_cast<const T*>(a.residual) + r * C;
-    T* __restrict s_out = static_cast<T*>(a.s) + r * C;
-    T* __restrict out = static_cast<T*>(a.out) + r * C;
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < C; ++i) {
-      const T s = S::store(S::load(x[i]) + S::load(res[i]));
-      s_out[i] = s;
-      sb[i] = S::load(s);  // the rounded sum: what we return is what we normalise
-      sum += sb[i];
+template <>
+struct Io<c10::BFloat16> : IoReduced<c10::BFloat16> {};
+template <>
+struct Io<c10::Half> : IoReduced<c10::Half> {};
+
+inline float horizontal_sum(const Vec& v) {
+  return at::vec::vec_reduce_all<float>([](Vec& p, Vec& q) { return p + q; }, v);
+}
+
+// Zero the lanes at index >= n (0 <= n <= kV).
+inline Vec keep_first(const Vec& v, int64_t n) { return Vec::set(Vec(0.f), v, n); }
+
+template <typename T>
+void add_layer_norm_rows(const AddLayerNormArgs& args, int64_t begin, int64_t end) {
+  using IO = Io<T>;
+  constexpr int64_t kStep = IO::kStep;
+  const int64_t C = args.C;
+  const int64_t body = C - C % kStep;
+  const int64_t tail = C - body;
+  const float* w = args.weight;
+  const float* bb = args.bias;
+
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t off = row * C;
+    const T* x = static_cast<const T*>(args.x) + off;
+    const T* res = static_cast<const T*>(args.residual) + off;
+    T* s = static_cast<T*>(args.sum) + off;
+    T* out = static_cast<T*>(args.out) + off;
+
+    // Pass 1: s = x + residual (rounded), and its sum.
+    Vec acc0(0.f), acc1(0.f);
+    for (int64_t i = 0; i < body; i += kStep) {
+      Vec xa, xb, ra, rb;
+      IO::load(x + i, xa, xb);
+      IO::load(res + i, ra, rb);
+      Vec sa = xa + ra, sb = xb + rb;
+      IO::store_rounded(s + i, sa, sb);
+      acc0 += sa;
+      acc1 += sb;
     }
-    const float mean = sum / static_cast<float>(C);
-    float sq = 0.f;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t i = 0; i < C; ++i) {
-      const float d = sb[i] - mean;
-      sq += d * d;
+    if (tail > 0) {
+      Vec xa, xb, ra, rb;
+      IO::load(x + body, tail, xa, xb);
+      IO::load(res + body, tail, ra, rb);
+      Vec sa = xa + ra, sb = xb + rb;  // 0 + 0 in the lanes past the row
+      IO::store_rounded(s + body, tail, sa, sb);
+      acc0 += sa;
+      acc1 += sb;
     }
-    const float rstd = 1.f / std::sqrt(sq / static_cast<float>(C) + a.eps);
-#pragma omp simd
-    for (int64_t i = 0; i < C; ++i) out[i] = S::store((sb[i] - mean) * rstd * w[i] + b[i]);
+    const float mean = horizontal_sum(acc0 + acc1) / static_cast<float>(C);
+
+    // Pass 2: sum of squared deviations (s is in L1 now).
+    const Vec vmean(mean);
+    Vec sq0(0.f), sq1(0.f);
+    for (int64_t i = 0; i < body; i += kStep) {
+      Vec sa, sb;
+      IO::load(s + i, sa, sb);
+      const Vec da = sa - vmean, db = sb - vmean;
+      sq0 = at::vec::fmadd(da, da, sq0);
+      sq1 = at::vec::fmadd(db, db, sq1);
+    }
+    if (tail > 0) {
+      Vec sa, sb;
+      IO::load(s + body, tail, sa, sb);
+      const Vec da = keep_first(sa - vmean, tail < kV ? tail : kV);
+      const Vec db = keep_first(sb - vmean, tail > kV ? tail - kV : 0);
+      sq0 = at::vec::fmadd(da, da, sq0);
+      sq1 = at::vec::fmadd(db, db, sq1);
+    }
+    const float var = horizontal_sum(sq0 + sq1) / static_cast<float>(C);
+    const float rstd = 1.f / std::sqrt(var + args.eps);
+
+    // Pass 3: out = (s * rstd - mean * rstd) * weight + bias.
+    const Vec vrstd(rstd), vshift(-mean * rstd);
+    for (int64_t i = 0; i < body; i += kStep) {
+      Vec sa, sb;
+      IO::load(s + i, sa, sb);
+      const Vec ya = at::vec::fmadd(at::vec::fmadd(sa, vrstd, vshift), Vec::loadu(w + i), Vec::loadu(bb + i));
+      const Vec yb =
+          at::vec::fmadd(at::vec::fmadd(sb, vrstd, vshift), Vec::loadu(w + i + kV), Vec::loadu(bb + i + kV));
+      IO::store(out + i, ya, yb);
+    }
+    if (tail > 0) {
+      Vec sa, sb, wa, wb, ba, bbv;
+      IO::load(s + body, tail, sa, sb);
+      Io<float>::load(w + body, tail, wa, wb);
+      Io<float>::load(bb + body, tail, ba, bbv);
+      const Vec ya = at::vec::fmadd(at::vec::fmadd(sa, vrstd, vshift), wa, ba);
+      const Vec yb = at::vec::fmadd(at::vec::fmadd(sb, vrstd, vshift), wb, bbv);
+      IO::store(out + body, tail, ya, yb);
+    }
   }
 }
 
 }  // namespace
 
-namespace ascan::cpu::ASCAN_ISA {
-
-void add_layer_norm_rows(const AddLayerNormArgs& a, int64_t begin, int64_t end) {
-  if (a.dtype == RowDtype::kBFloat16) {
-    rows<BF16>(a, begin, end);
-  } else {
-    rows<F32>(a, begin, end);
-  }
+void add_layer_norm_rows_f32(const AddLayerNormArgs& args, int64_t begin, int64_t end) {
+  add_layer_norm_rows<float>(args, begin, end);
+}
+void add_layer_norm_rows_bf16(const AddLayerNormArgs& args, int64_t begin, int64_t end) {
+  add_layer_norm_rows<c10::BFloat16>(args, begin, end);
+}
+void add_layer_norm_rows_f16(const AddLayerNormArgs& args, int64_t begin, int64_t end) {
+  add_layer_norm_rows<c10::Half>(args, begin, end);
 }
 
 }  // namespace ascan::cpu::ASCAN_ISA

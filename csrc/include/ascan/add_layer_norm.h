@@ -3,19 +3,20 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <string>
 #include <tuple>
 
 namespace ascan::cpu {
 
 // s = x + residual; out = layer_norm(s, weight, bias, eps) over the last dim.
-// x, residual: (..., C), contiguous, float32 or bfloat16, same dtype and shape.
-// weight, bias: (C,), float32 or x's dtype. Returns (s, out), both in x's dtype.
+// x, residual: (..., C), contiguous, float32 / bfloat16 / float16, same dtype and shape.
+// weight, bias: (C,), contiguous, float32 or x's dtype. Returns (s, out) in x's dtype;
+// out is normalised from s as rounded to that dtype, like eager PyTorch.
 std::tuple<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor& x, const at::Tensor& residual,
                                                   const at::Tensor& weight, const at::Tensor& bias,
                                                   double eps);
 
-// Which per-ISA build of the row kernel runs on this CPU: "AVX512", "AVX2" or "DEFAULT".
-std::string add_layer_norm_kernel_isa();
+// The instruction set the CPU kernels run with in this process: "avx512", "avx2" or
+// "base". Follows torch's own choice (ATEN_CPU_CAPABILITY overrides it for both).
+const char* cpu_kernel_isa();
 
 }  // namespace ascan::cpu

@@ -1,0 +1,46 @@
+// Internal interface between the add_layer_norm op (add_layer_norm.cpp: checks,
+// allocation, threading) and its row kernels, compiled once per CPU instruction set
+// (add_layer_norm_{base,avx2,avx512}.cpp). Plain types only: the ISA-specific
+// translation units must not share torch-typed inline code with the rest of the
+// extension (see add_layer_norm_kernel.h).
+#pragma once
+
+#include <cstdint>
+
+namespace ascan::cpu {
+
+struct AddLayerNormArgs {
+  const void* x;         // (rows, C) in the input dtype
+  const void* residual;  // (rows, C) in the input dtype
+  const float* weight;   // (C,) float32
+  const float* bias;     // (C,) float32
+  void* sum;             // (rows, C) output s = x + residual, input dtype
+  void* out;             // (rows, C) output layer_norm(s), input dtype
+  int64_t C;
+  float eps;
+};
+
+// Processes rows [begin, end).
+using AddLayerNormRowsFn = void (*)(const AddLayerNormArgs&, int64_t begin, int64_t end);
+
+#define ASCAN_DECLARE_ADD_LAYER_NORM_ROWS(isa)                                  \
+  namespace isa {                                                               \
+  void add_layer_norm_rows_f32(const AddLayerNormArgs&, int64_t, int64_t);      \
+  void add_layer_norm_rows_bf16(const AddLayerNormArgs&, int64_t, int64_t);     \
+  void add_layer_norm_rows_f16(const AddLayerNormArgs&, int64_t, int64_t);      \
+  }
+
+ASCAN_DECLARE_ADD_LAYER_NORM_ROWS(base)
+// The x86-64 AVX2 / AVX-512 variants are built with GCC only (they use
+// `#pragma GCC target`); elsewhere the portable `base` kernels run.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ASCAN_X86_KERNELS 1
+ASCAN_DECLARE_ADD_LAYER_NORM_ROWS(avx2)
+ASCAN_DECLARE_ADD_LAYER_NORM_ROWS(avx512)
+#else
+#define ASCAN_X86_KERNELS 0
+#endif
+
+#undef ASCAN_DECLARE_ADD_LAYER_NORM_ROWS
+
+}  // namespace ascan::cpu
