@@ -20,3 +20,14 @@ def test_mac_counter_counts_a_known_layer():
                             torch.nn.Linear(8 * 4 * 4, 10))
     assert count_params(m) == 3 * 8 * 9 + 128 * 10 + 10
     assert count_macs(m, (1, 3, 4, 4)) == 16 * 8 * 27 + 128 * 10
+
+
+def test_readme_usage_snippet_runs(capsys):
+    text = README.read_text()
+    start = text.index("```python\n", text.index("## Use")) + len("```python\n")
+    code = text[start:text.index("```", start)]
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["logits"].shape == (2, 1000)
+    printed = capsys.readouterr().out
+    assert "'eager': 'ok'" in printed and "conv_bn_gelu" in printed and "why (impls skipped)" in printed
