@@ -63,8 +63,18 @@ def nvcc_version(cuda_home: str) -> str | None:
 
 
 def pure_python(reason: str) -> dict:
-    write_build_info({"skipped": reason}, os.path.join(ROOT, PKG, INFO_NAME))
-    return {}
+    """No extension; the package records why when it is built (not when pip merely asks
+    for metadata or build requirements, which also runs this file)."""
+    from setuptools.command.build_py import build_py
+
+    class BuildPyRecordingSkip(build_py):
+        def run(self):
+            super().run()
+            editable = getattr(self, "editable_mode", False)
+            pkg_dir = os.path.join(ROOT, PKG) if editable else os.path.join(self.build_lib, PKG)
+            write_build_info({"skipped": reason}, os.path.join(pkg_dir, INFO_NAME))
+
+    return {"cmdclass": {"build_py": BuildPyRecordingSkip}}
 
 
 def extension_setup() -> dict:
@@ -82,7 +92,7 @@ def extension_setup() -> dict:
     sources = rel_sources("csrc/*.cpp") + rel_sources("csrc/cpu/*.cpp")
     cuda_sources = rel_sources("csrc/cuda/*.cu")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    cxx_flags = ["-O3"]
+    cxx_flags = ["-O3", "-Wno-unknown-pragmas"]  # torch headers use #pragma unroll
     link_flags: list[str] = []
     if sys.platform.startswith("linux"):
         cxx_flags.append("-fopenmp")

@@ -49,6 +49,38 @@ pybind11::dict build_info() {
   return d;
 }
 
+bool needs_autograd(std::initializer_list<const at::Tensor*> ts) {
+  const bool grad_mode = at::GradMode::is_enabled();
+  for (const at::Tensor* t : ts) {
+    if (!t->defined()) continue;
+    if ((grad_mode && t->requires_grad()) || t->_fw_grad(/*level=*/0).defined()) return true;
+  }
+  return false;
+}
+
+// The op through the dispatcher, for Python callers that want less overhead than
+// torch.ops.ascan_C.add_layer_norm (whose generic argument parsing costs about 1.5 us, as
+// much as the kernel at small shapes). Everything registered for the op still applies
+// (CPU kernel, fake kernel under FakeTensorMode, the autograd formula) except that when
+// no input needs gradients the Autograd key is skipped outright: a Python autograd
+// registration (torch.library.register_autograd) would otherwise cost a few microseconds
+// per call just to find that out. torch.compile cannot trace into this function: traced
+// code should call torch.ops.ascan_C.add_layer_norm.
+std::tuple<at::Tensor, at::Tensor> add_layer_norm_via_dispatcher(const at::Tensor& x, const at::Tensor& residual,
+                                                                 const at::Tensor& weight, const at::Tensor& bias,
+                                                                 double eps) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("ascan_C::add_layer_norm", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                    const at::Tensor&, double)>();
+  if (!needs_autograd({&x, &residual, &weight, &bias})) {
+    at::AutoDispatchBelowADInplaceOrView no_autograd;
+    return op.call(x, residual, weight, bias, eps);
+  }
+  return op.call(x, residual, weight, bias, eps);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(ascan_C, m) {
@@ -62,6 +94,11 @@ TORCH_LIBRARY_IMPL(ascan_C, CPU, m) { m.impl("add_layer_norm", &ascan::cpu::add_
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ascan_kernels._C: C++ CPU kernels (and CUDA kernels where built); ops in torch.ops.ascan_C";
   m.def("build_info", &build_info, "How this extension was built: torch version, CUDA, C++ ABI, OpenMP, compiler");
+  m.def("add_layer_norm", &add_layer_norm_via_dispatcher, pybind11::arg("x"), pybind11::arg("residual"),
+        pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("eps"),
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "(s, out) = ascan_C::add_layer_norm(x, residual, weight, bias, eps) through the dispatcher, with "
+        "less Python overhead than torch.ops (not traceable by torch.compile: use torch.ops there)");
   m.def("cpu_kernel_isa", &ascan::cpu::cpu_kernel_isa,
         "Instruction set the CPU kernels run with here: avx512, avx2 or base (follows ATEN_CPU_CAPABILITY)");
 }

@@ -46,13 +46,15 @@ Isa isa() {
   return chosen;
 }
 
-AddLayerNormRowsFn pick_kernel(at::ScalarType dt) {
-#define ASCAN_PICK(ns)                                                       \
-  switch (dt) {                                                              \
-    case at::kFloat: return &ns::add_layer_norm_rows_f32;                    \
-    case at::kBFloat16: return &ns::add_layer_norm_rows_bf16;                \
-    case at::kHalf: return &ns::add_layer_norm_rows_f16;                     \
-    default: TORCH_CHECK(false, "ascan add_layer_norm: unsupported dtype ", dt); \
+// The row kernel for this CPU, x's dtype and weight/bias's dtype (float32 or x's).
+AddLayerNormRowsFn pick_kernel(at::ScalarType dt, at::ScalarType wdt) {
+  const bool wf32 = wdt == at::kFloat;
+#define ASCAN_PICK(ns)                                                                            \
+  switch (dt) {                                                                                   \
+    case at::kFloat: return &ns::add_layer_norm_rows_f32;                                         \
+    case at::kBFloat16: return wf32 ? &ns::add_layer_norm_rows_bf16 : &ns::add_layer_norm_rows_bf16_wbf16; \
+    case at::kHalf: return wf32 ? &ns::add_layer_norm_rows_f16 : &ns::add_layer_norm_rows_f16_wf16;       \
+    default: TORCH_CHECK(false, "ascan add_layer_norm: unsupported dtype ", dt);                  \
   }
   switch (isa()) {
 #if ASCAN_X86_KERNELS
@@ -121,21 +123,25 @@ std::tuple<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor& x, const at:
   const int64_t rows = x.numel() / C;
   if (rows == 0) return {s, out};
 
-  // The kernels read float32 weight/bias; reduced-precision ones are widened once here.
-  const at::Tensor w = weight.scalar_type() == at::kFloat ? weight : weight.to(at::kFloat);
-  const at::Tensor b = bias.scalar_type() == at::kFloat ? bias : bias.to(at::kFloat);
+  // weight and bias are read in their own dtype (float32 or x's); if they differ from
+  // each other, both are widened to float32 first (a rare case, one small copy).
+  at::Tensor w = weight, b = bias;
+  if (w.scalar_type() != b.scalar_type()) {
+    w = w.to(at::kFloat);
+    b = b.to(at::kFloat);
+  }
 
   AddLayerNormArgs args;
   args.x = x.const_data_ptr();
   args.residual = residual.const_data_ptr();
-  args.weight = w.const_data_ptr<float>();
-  args.bias = b.const_data_ptr<float>();
+  args.weight = w.const_data_ptr();
+  args.bias = b.const_data_ptr();
   args.sum = s.mutable_data_ptr();
   args.out = out.mutable_data_ptr();
   args.C = C;
   args.eps = static_cast<float>(eps);
 
-  const AddLayerNormRowsFn kernel = pick_kernel(x.scalar_type());
+  const AddLayerNormRowsFn kernel = pick_kernel(x.scalar_type(), w.scalar_type());
   const int64_t grain = std::max<int64_t>(1, kGrainElements / C);
   if (rows <= grain) {
     kernel(args, 0, rows);  // skip the parallel region's overhead

@@ -12,8 +12,8 @@ namespace ascan::cpu {
 struct AddLayerNormArgs {
   const void* x;         // (rows, C) in the input dtype
   const void* residual;  // (rows, C) in the input dtype
-  const float* weight;   // (C,) float32
-  const float* bias;     // (C,) float32
+  const void* weight;    // (C,) float32, or the input dtype (the *_w<dtype> kernels)
+  const void* bias;      // (C,) same dtype as weight
   void* sum;             // (rows, C) output s = x + residual, input dtype
   void* out;             // (rows, C) output layer_norm(s), input dtype
   int64_t C;
@@ -27,7 +27,9 @@ using AddLayerNormRowsFn = void (*)(const AddLayerNormArgs&, int64_t begin, int6
   namespace isa {                                                               \
   void add_layer_norm_rows_f32(const AddLayerNormArgs&, int64_t, int64_t);      \
   void add_layer_norm_rows_bf16(const AddLayerNormArgs&, int64_t, int64_t);     \
+  void add_layer_norm_rows_bf16_wbf16(const AddLayerNormArgs&, int64_t, int64_t); \
   void add_layer_norm_rows_f16(const AddLayerNormArgs&, int64_t, int64_t);      \
+  void add_layer_norm_rows_f16_wf16(const AddLayerNormArgs&, int64_t, int64_t); \
   }
 
 ASCAN_DECLARE_ADD_LAYER_NORM_ROWS(base)

@@ -1,12 +1,34 @@
-// add_layer_norm row kernels for x86-64 with AVX2 + FMA (+ F16C for float16), selected at
-// run time only on CPUs that have them. See add_layer_norm_kernel.h.
+// add_layer_norm row kernels for x86-64 with AVX2 + FMA (+ F16C for float16). Chosen at
+// run time only on CPUs that have them (add_layer_norm.cpp). See add_layer_norm_kernel.h.
 #include "add_layer_norm.h"
 
 #if ASCAN_X86_KERNELS
-// Same instruction set as ATen's own AVX2 kernels; must precede every include.
+#pragma GCC push_options
+// Warnings GCC gives inside ATen's vector headers when they are compiled under a target
+// pragma (a lambda-to-pointer conversion ABI note, a false maybe-uninitialized).
+#pragma GCC diagnostic ignored "-Wpsabi"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// The instruction set of ATen's own AVX2 kernels, for everything below (it must precede
+// every other include).
 #pragma GCC target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+// In C++ the pragma enables the instructions but does not define the macros announcing
+// them, and sleef.h (pulled in by ATen's vector headers) declares its AVX functions only
+// under those macros. They are true for every CPU this file's code runs on.
+#ifndef __AVX__
+#define __AVX__ 1
+#endif
+#ifndef __AVX2__
+#define __AVX2__ 1
+#endif
+#ifndef __FMA__
+#define __FMA__ 1
+#endif
+#ifndef __F16C__
+#define __F16C__ 1
+#endif
 #define ASCAN_ISA avx2
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
 #include "add_layer_norm_kernel.h"
+#pragma GCC pop_options
 #endif

@@ -8,16 +8,17 @@
 //
 // Rules that keep the ISA-specific code from leaking into the rest of the extension:
 // nothing here has static storage or runs at load time, nothing is called except through
-// the three entry points, and only at::vec and plain arithmetic are used (no at::Tensor,
+// the entry points at the bottom, and only at::vec and plain arithmetic are used (no at::Tensor,
 // no dispatcher, no threading: the caller parallelises over rows).
 //
 // Per row (C elements, kept hot in L1 between the passes):
 //   1. s = x + residual in float32, rounded to the input dtype and stored; the sum of the
 //      *rounded* s is accumulated (so the statistics are those of the s we return, as in
-//      eager `layer_norm(x + residual)`).
+//      eager `layer_norm(x + residual)`). For bfloat16/float16 the rounded row is also kept
+//      widened in a float32 row buffer that passes 2 and 3 read.
 //   2. variance = mean((s - mean)^2): the two-pass formula, no cancellation.
 //   3. out = (s - mean) * rstd * weight + bias, rounded to the input dtype.
-// All arithmetic is float32; reduced-precision inputs are widened on load.
+// All arithmetic is float32; reduced-precision inputs, weight and bias are widened on load.
 #pragma once
 
 #ifndef ASCAN_ISA
@@ -32,6 +33,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 
 #include "add_layer_norm.h"
 
@@ -110,15 +112,30 @@ inline float horizontal_sum(const Vec& v) {
 // Zero the lanes at index >= n (0 <= n <= kV).
 inline Vec keep_first(const Vec& v, int64_t n) { return Vec::set(Vec(0.f), v, n); }
 
-template <typename T>
+// Rows up to this long keep their float32 copy of s on the stack (16 KiB); longer ones
+// use the heap, once per call.
+constexpr int64_t kStackRow = 4096;
+
+// T: dtype of x, residual and the outputs. WT: dtype of weight and bias (float or T).
+template <typename T, typename WT>
 void add_layer_norm_rows(const AddLayerNormArgs& args, int64_t begin, int64_t end) {
   using IO = Io<T>;
+  using WIO = Io<WT>;
+  using FIO = Io<float>;
+  static_assert(IO::kStep == WIO::kStep && IO::kStep == FIO::kStep);
   constexpr int64_t kStep = IO::kStep;
+  constexpr bool kReduced = !std::is_same_v<T, float>;
   const int64_t C = args.C;
   const int64_t body = C - C % kStep;
   const int64_t tail = C - body;
-  const float* w = args.weight;
-  const float* bb = args.bias;
+  const WT* w = static_cast<const WT*>(args.weight);
+  const WT* bb = static_cast<const WT*>(args.bias);
+
+  // For reduced-precision T, passes 2 and 3 read the rounded s widened to float32 from
+  // this row buffer (in L1) instead of widening s again; float32 rows re-read s itself.
+  alignas(64) float stack_row[kReduced ? kStackRow : 1];
+  float* heap_row = (kReduced && C > kStackRow) ? new float[C] : nullptr;
+  float* row_buf = heap_row != nullptr ? heap_row : stack_row;
 
   for (int64_t row = begin; row < end; ++row) {
     const int64_t off = row * C;
@@ -126,8 +143,14 @@ void add_layer_norm_rows(const AddLayerNormArgs& args, int64_t begin, int64_t en
     const T* res = static_cast<const T*>(args.residual) + off;
     T* s = static_cast<T*>(args.sum) + off;
     T* out = static_cast<T*>(args.out) + off;
+    float* sf;  // s as float32
+    if constexpr (kReduced) {
+      sf = row_buf;
+    } else {
+      sf = s;
+    }
 
-    // Pass 1: s = x + residual (rounded), and its sum.
+    // Pass 1: s = x + residual (rounded to T), and the sum of the rounded values.
     Vec acc0(0.f), acc1(0.f);
     for (int64_t i = 0; i < body; i += kStep) {
       Vec xa, xb, ra, rb;
@@ -135,6 +158,7 @@ void add_layer_norm_rows(const AddLayerNormArgs& args, int64_t begin, int64_t en
       IO::load(res + i, ra, rb);
       Vec sa = xa + ra, sb = xb + rb;
       IO::store_rounded(s + i, sa, sb);
+      if constexpr (kReduced) FIO::store(sf + i, sa, sb);
       acc0 += sa;
       acc1 += sb;
     }
@@ -144,24 +168,25 @@ void add_layer_norm_rows(const AddLayerNormArgs& args, int64_t begin, int64_t en
       IO::load(res + body, tail, ra, rb);
       Vec sa = xa + ra, sb = xb + rb;  // 0 + 0 in the lanes past the row
       IO::store_rounded(s + body, tail, sa, sb);
+      if constexpr (kReduced) FIO::store(sf + body, tail, sa, sb);
       acc0 += sa;
       acc1 += sb;
     }
     const float mean = horizontal_sum(acc0 + acc1) / static_cast<float>(C);
 
-    // Pass 2: sum of squared deviations (s is in L1 now).
+    // Pass 2: sum of squared deviations from the mean (two-pass: no cancellation).
     const Vec vmean(mean);
     Vec sq0(0.f), sq1(0.f);
     for (int64_t i = 0; i < body; i += kStep) {
       Vec sa, sb;
-      IO::load(s + i, sa, sb);
+      FIO::load(sf + i, sa, sb);
       const Vec da = sa - vmean, db = sb - vmean;
       sq0 = at::vec::fmadd(da, da, sq0);
       sq1 = at::vec::fmadd(db, db, sq1);
     }
     if (tail > 0) {
       Vec sa, sb;
-      IO::load(s + body, tail, sa, sb);
+      FIO::load(sf + body, tail, sa, sb);
       const Vec da = keep_first(sa - vmean, tail < kV ? tail : kV);
       const Vec db = keep_first(sb - vmean, tail > kV ? tail - kV : 0);
       sq0 = at::vec::fmadd(da, da, sq0);
@@ -170,38 +195,46 @@ void add_layer_norm_rows(const AddLayerNormArgs& args, int64_t begin, int64_t en
     const float var = horizontal_sum(sq0 + sq1) / static_cast<float>(C);
     const float rstd = 1.f / std::sqrt(var + args.eps);
 
-    // Pass 3: out = (s * rstd - mean * rstd) * weight + bias.
-    const Vec vrstd(rstd), vshift(-mean * rstd);
+    // Pass 3: out = (s - mean) * rstd * weight + bias, rounded to T.
+    const Vec vrstd(rstd);
     for (int64_t i = 0; i < body; i += kStep) {
-      Vec sa, sb;
-      IO::load(s + i, sa, sb);
-      const Vec ya = at::vec::fmadd(at::vec::fmadd(sa, vrstd, vshift), Vec::loadu(w + i), Vec::loadu(bb + i));
-      const Vec yb =
-          at::vec::fmadd(at::vec::fmadd(sb, vrstd, vshift), Vec::loadu(w + i + kV), Vec::loadu(bb + i + kV));
+      Vec sa, sb, wa, wb, ba, bbv;
+      FIO::load(sf + i, sa, sb);
+      WIO::load(w + i, wa, wb);
+      WIO::load(bb + i, ba, bbv);
+      const Vec ya = at::vec::fmadd((sa - vmean) * vrstd, wa, ba);
+      const Vec yb = at::vec::fmadd((sb - vmean) * vrstd, wb, bbv);
       IO::store(out + i, ya, yb);
     }
     if (tail > 0) {
       Vec sa, sb, wa, wb, ba, bbv;
-      IO::load(s + body, tail, sa, sb);
-      Io<float>::load(w + body, tail, wa, wb);
-      Io<float>::load(bb + body, tail, ba, bbv);
-      const Vec ya = at::vec::fmadd(at::vec::fmadd(sa, vrstd, vshift), wa, ba);
-      const Vec yb = at::vec::fmadd(at::vec::fmadd(sb, vrstd, vshift), wb, bbv);
+      FIO::load(sf + body, tail, sa, sb);
+      WIO::load(w + body, tail, wa, wb);
+      WIO::load(bb + body, tail, ba, bbv);
+      const Vec ya = at::vec::fmadd((sa - vmean) * vrstd, wa, ba);
+      const Vec yb = at::vec::fmadd((sb - vmean) * vrstd, wb, bbv);
       IO::store(out + body, tail, ya, yb);
     }
   }
+  delete[] heap_row;
 }
 
 }  // namespace
 
 void add_layer_norm_rows_f32(const AddLayerNormArgs& args, int64_t begin, int64_t end) {
-  add_layer_norm_rows<float>(args, begin, end);
+  add_layer_norm_rows<float, float>(args, begin, end);
 }
 void add_layer_norm_rows_bf16(const AddLayerNormArgs& args, int64_t begin, int64_t end) {
-  add_layer_norm_rows<c10::BFloat16>(args, begin, end);
+  add_layer_norm_rows<c10::BFloat16, float>(args, begin, end);
+}
+void add_layer_norm_rows_bf16_wbf16(const AddLayerNormArgs& args, int64_t begin, int64_t end) {
+  add_layer_norm_rows<c10::BFloat16, c10::BFloat16>(args, begin, end);
 }
 void add_layer_norm_rows_f16(const AddLayerNormArgs& args, int64_t begin, int64_t end) {
-  add_layer_norm_rows<c10::Half>(args, begin, end);
+  add_layer_norm_rows<c10::Half, float>(args, begin, end);
+}
+void add_layer_norm_rows_f16_wf16(const AddLayerNormArgs& args, int64_t begin, int64_t end) {
+  add_layer_norm_rows<c10::Half, c10::Half>(args, begin, end);
 }
 
 }  // namespace ascan::cpu::ASCAN_ISA
