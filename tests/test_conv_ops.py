@@ -198,3 +198,16 @@ def test_opcheck_conv2d_bias_act():
                  (x, w, b, r, [2, 2], [1, 1], [1, 1], 1, "none"),
                  (x.requires_grad_(), w.requires_grad_(), b, None, [1, 1], [0, 0], [1, 1], 1, "gelu_tanh")]:
         torch.library.opcheck(torch.ops.ascan.conv2d_bias_act.default, args)
+
+
+@pytest.mark.skipif(K.available("conv_bn_add").get("cpu") != "ok", reason="oneDNN path unavailable")
+def test_bf16_conv_bn_add_prefers_eager_but_can_be_forced():
+    x, w, bn = make(8, 8, 1, dtype=torch.bfloat16)
+    r = torch.randn(2, 8, 9, 11).bfloat16()
+    with torch.no_grad(), K.trace() as t:
+        call("conv_bn_add", x, w, bn, r)
+        with K.use(conv_bn_add="cpu"):
+            call("conv_bn_add", x, w, bn, r)
+        call("conv_bn_add", x.float(), w.float(), bn, r.float())
+    assert t.impls() == ["eager", "cpu", "cpu"]
+    assert dict(t.records[0].skipped)["cpu"].startswith("not preferred: bfloat16 conv + residual add")
