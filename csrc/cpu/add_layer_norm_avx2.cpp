@@ -11,21 +11,7 @@
 // The instruction set of ATen's own AVX2 kernels, for everything below (it must precede
 // every other include).
 #pragma GCC target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
-// In C++ the pragma enables the instructions but does not define the macros announcing
-// them, and sleef.h (pulled in by ATen's vector headers) declares its AVX functions only
-// under those macros. They are true for every CPU this file's code runs on.
-#ifndef __AVX__
-#define __AVX__ 1
-#endif
-#ifndef __AVX2__
-#define __AVX2__ 1
-#endif
-#ifndef __FMA__
-#define __FMA__ 1
-#endif
-#ifndef __F16C__
-#define __F16C__ 1
-#endif
+#include "isa_avx2_macros.h"  // the feature macros sleef.h needs under the pragma
 #define ASCAN_ISA avx2
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2

@@ -11,21 +11,8 @@
 // The instruction set of ATen's own AVX512 kernels, for everything below (it must
 // precede every other include).
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
-// In C++ the pragma enables the instructions but does not define the macros announcing
-// them, and sleef.h (pulled in by ATen's vector headers) declares its AVX/AVX-512
-// functions only under those macros. They are true for every CPU this file's code runs on.
-#ifndef __AVX__
-#define __AVX__ 1
-#endif
-#ifndef __AVX2__
-#define __AVX2__ 1
-#endif
-#ifndef __FMA__
-#define __FMA__ 1
-#endif
-#ifndef __F16C__
-#define __F16C__ 1
-#endif
+#include "isa_avx2_macros.h"  // the AVX2-level feature macros sleef.h needs under the pragma
+// ... and the AVX-512 ones, for sleef's AVX-512 declarations.
 #ifndef __AVX512F__
 #define __AVX512F__ 1
 #endif
