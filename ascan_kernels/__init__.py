@@ -32,6 +32,8 @@ from .ops import (
     conv_bn_add,
     conv_bn_gelu,
     fold_bn,
+    group_norm_silu,
+    group_norm_silu_reference,
     layer_norm,
     layer_norm_reference,
     linear_add,
@@ -41,12 +43,15 @@ from .ops import (
 )
 from . import registry as _registry
 
+from .triton import register_all as _register_triton
+
+_register_triton()
 _registry.validate_env_overrides()
 
 __all__ = [
     "Impl", "KernelUnavailableError", "Op", "Trace", "TraceRecord",
     "available", "get_op", "list_ops", "set_fallback_logging", "trace", "use",
-    "add_layer_norm", "attention", "conv_bn", "conv_bn_add", "conv_bn_gelu", "fold_bn",
+    "add_layer_norm", "attention", "conv_bn", "conv_bn_add", "conv_bn_gelu", "fold_bn", "group_norm_silu", "group_norm_silu_reference",
     "layer_norm", "linear_add", "linear_gelu", "linear_add_reference",
     "add_layer_norm_reference", "attention_reference", "layer_norm_reference", "linear_gelu_reference",
 ]

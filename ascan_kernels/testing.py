@@ -56,3 +56,13 @@ def grads_by_impl(op: str, impls, fn, inputs) -> dict[str, list]:
         loss.backward()
         out[name] = [t.grad for t in ins]
     return out
+
+
+def native_impls(op: str) -> list[str]:
+    """The fused impls of ``op`` that run natively here (not eager, not Triton's CPU
+    interpreter, which has its own small-shape tests in ``tests/test_triton_*.py``)."""
+    from .registry import available
+    from .triton.runtime import interpreting
+
+    return [i for i, s in available(op).items()
+            if s == "ok" and i != "eager" and not (i == "triton" and interpreting())]

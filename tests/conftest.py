@@ -1,5 +1,13 @@
-import pytest
+import os
+
 import torch
+
+# Without a GPU the Triton kernels are checked under Triton's CPU interpreter, which
+# must be switched on before anything imports triton (ascan_kernels does, on import).
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

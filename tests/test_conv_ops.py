@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 
 import ascan_kernels as K
-from ascan_kernels.testing import assert_close, assert_error_within, grads_by_impl
+from ascan_kernels.testing import assert_close, assert_error_within, grads_by_impl, native_impls
 
-FUSED = [i for i, s in K.available("conv_bn_gelu").items() if s == "ok" and i != "eager"]
+FUSED = native_impls("conv_bn_gelu")
 DTYPES = [torch.float32, torch.bfloat16]
 
 
