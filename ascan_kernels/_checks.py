@@ -35,13 +35,21 @@ def same_device(op: str, **tensors) -> None:
         fail(op, "all tensors must be on one device, got " + ", ".join(f"{n} on {d}" for n, d in devs.items()))
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled`` that answers False for devices without autocast (meta)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 def same_dtype(op: str, **tensors) -> None:
     """Activations must share a dtype unless autocast will cast them anyway."""
     ts = {n: t for n, t in tensors.items() if t is not None}
     if not ts:
         return
     dev = next(iter(ts.values())).device.type
-    if torch.is_autocast_enabled(dev):
+    if autocast_enabled(dev):
         return
     dts = {n: t.dtype for n, t in ts.items()}
     if len(set(dts.values())) > 1:
@@ -65,6 +73,6 @@ def pair(op: str, name: str, v) -> tuple[int, int]:
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
     """The dtype a matmul-class op computes in: the autocast dtype inside autocast."""
     dev = t.device.type
-    if torch.is_autocast_enabled(dev):
+    if autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return t.dtype

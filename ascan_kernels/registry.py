@@ -409,6 +409,9 @@ class TraceRecord:
     dtype: torch.dtype | None
     device: str | None
     grad: bool
+    # Every argument, tensors as (shape, dtype) and other values as given (None kept),
+    # for tools that need the full call (e.g. the roofline report).
+    args: tuple = ()
 
     @classmethod
     def of(cls, op: str, impl: str, skipped, args: tuple, kwargs: dict) -> "TraceRecord":
@@ -422,6 +425,7 @@ class TraceRecord:
             dtype=first.dtype if first is not None else None,
             device=str(first.device) if first is not None else None,
             grad=torch.is_grad_enabled() and any(t.requires_grad for t in tensors),
+            args=tuple(_arg_summary(a) for a in args),
         )
 
     @property
@@ -476,6 +480,14 @@ class Trace:
 
     def __str__(self) -> str:
         return self.table()
+
+
+def _arg_summary(a: Any) -> Any:
+    if isinstance(a, torch.Tensor):
+        return (tuple(a.shape), a.dtype)
+    if isinstance(a, (tuple, list)):
+        return tuple(_arg_summary(x) for x in a)
+    return a
 
 
 def _fmt_shapes(shapes) -> str:

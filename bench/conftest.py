@@ -15,6 +15,8 @@ import torch
 
 SMOKE = os.environ.get("ASCAN_BENCH_SMOKE", "") not in ("", "0")
 BASELINES = ("eager",)  # the row every other row in a group is compared with
+# Benches run where users run: the GPU when there is one (ASCAN_BENCH_DEVICE overrides).
+DEVICE = torch.device(os.environ.get("ASCAN_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def run(benchmark, fn, group: str, name: str, rounds: int = 10, warmup: int = 2):
@@ -22,6 +24,14 @@ def run(benchmark, fn, group: str, name: str, rounds: int = 10, warmup: int = 2)
     benchmark.group = group
     benchmark.name = name
     benchmark.extra_info["row"] = name
+    benchmark.extra_info["device"] = str(DEVICE)
+    if DEVICE.type == "cuda":
+        inner = fn
+
+        def fn():  # time the kernels, not their asynchronous launch
+            out = inner()
+            torch.cuda.synchronize()
+            return out
     with torch.no_grad():
         return benchmark.pedantic(fn, rounds=1 if SMOKE else rounds, warmup_rounds=0 if SMOKE else warmup,
                                   iterations=1)
@@ -49,8 +59,45 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 def skip_unless_ok(op: str, impl: str) -> None:
-    import ascan_kernels as K
+    """Skip a row, with the registry's reason, when ``impl`` cannot run here.
 
+    ``impl="compile"`` is ``torch.compile`` of the op's eager reference (skipped in smoke
+    mode: compile time dominates there). Triton under ``TRITON_INTERPRET`` is a numerics
+    tool, never timed.
+    """
+    import ascan_kernels as K
+    from ascan_kernels.triton.runtime import interpreting
+
+    if impl == "compile":
+        if SMOKE:
+            pytest.skip("smoke mode: torch.compile rows are skipped (compile time dominates)")
+        return
+    if impl == "triton" and interpreting() and DEVICE.type == "cpu":
+        pytest.skip(f"{op}/triton: TRITON_INTERPRET runs it on the CPU for numerics only; not timed")
     status = K.available(op).get(impl)
     if status != "ok":
         pytest.skip(f"{op}/{impl}: {status}")
+
+
+def op_runner(op: str, impl: str):
+    """A callable taking the op's public arguments and running ``impl`` forced.
+
+    ``impl="compile"`` runs ``torch.compile`` of the public function with the eager
+    reference forced, i.e. what inductor makes of the unfused sequence.
+    """
+    import ascan_kernels as K
+
+    public = getattr(K, op)
+    if impl == "compile":
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        compiled = torch.compile(public, dynamic=False)
+
+        def call(*args, **kwargs):
+            with K.use(**{op: "eager"}):
+                return compiled(*args, **kwargs)
+        return call
+
+    def call(*args, **kwargs):
+        with K.use(**{op: impl}):
+            return public(*args, **kwargs)
+    return call

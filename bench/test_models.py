@@ -2,7 +2,7 @@
 
 Rows per group: ``eager`` (fused=False, fp32: the honest baseline), ``fused``, and
 ``compile(eager)`` (``torch.compile`` of the eager model, default mode). In the bf16
-groups every row runs under ``torch.autocast("cpu", torch.bfloat16)`` and the ratio
+groups every row runs under ``torch.autocast(device, torch.bfloat16)`` and the ratio
 is against the **fp32** eager model, the figure the targets are stated in.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from ascan import build_model
 
-from .conftest import SMOKE, run
+from .conftest import DEVICE, SMOKE, run
 
 MODELS = os.environ.get("ASCAN_BENCH_MODELS", "ascan_t").split(",")
 BATCHES = [1, 2] if SMOKE else [1, 16]
@@ -25,14 +25,14 @@ _EAGER_FP32: dict = {}
 
 def _models(name):
     torch.manual_seed(0)
-    fused = build_model(name, fused=True).eval()
-    eager = build_model(name, fused=False).eval()
+    fused = build_model(name, fused=True).eval().to(DEVICE)
+    eager = build_model(name, fused=False).eval().to(DEVICE)
     eager.load_state_dict(fused.state_dict())
     return fused, eager
 
 
 def _ctx(dtype):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+    return torch.autocast(DEVICE.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -43,7 +43,7 @@ def test_model(benchmark, name, batch, dtype, row):
     if row == "compile(eager)" and SMOKE:
         pytest.skip("torch.compile rows are skipped in smoke mode (compile time)")
     fused, eager = _models(name)
-    x = torch.randn(batch, 3, RES, RES)
+    x = torch.randn(batch, 3, RES, RES, device=DEVICE)
     group = f"{name}[b{batch} {RES}px {dtype}]"
     if row == "eager" and dtype == "bf16":
         # The bf16 group's baseline is the fp32 eager model (targets are vs fp32 eager).

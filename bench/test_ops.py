@@ -9,7 +9,7 @@ import torch
 
 import ascan_kernels as K
 
-from .conftest import SMOKE, run, skip_unless_ok
+from .conftest import DEVICE, SMOKE, op_runner, run, skip_unless_ok
 
 B = 2 if SMOKE else 16
 S = 4 if SMOKE else 1  # spatial shrink factor in smoke mode
@@ -17,7 +17,12 @@ DTYPES = [torch.float32, torch.bfloat16]
 
 
 def _impls(op):
-    return list(K.available(op))
+    """Every registered impl, then ``compile`` (torch.compile of the eager reference)."""
+    return list(K.available(op)) + ["compile"]
+
+
+def _randn(*shape, dtype=torch.float32):
+    return torch.randn(*shape, device=DEVICE).to(dtype)
 
 
 # (name, cin, cout, k, stride, hw): the convs of ascan_t at 224^2
@@ -28,9 +33,9 @@ PROJ = [("s1.project", 256, 64, 1, 1, 56), ("s2.project", 512, 128, 1, 1, 28)]
 
 
 def _conv_inputs(cin, cout, k, hw, dtype):
-    x = torch.randn(B, cin, hw // S, hw // S).to(dtype).contiguous(memory_format=torch.channels_last)
-    w = (torch.randn(cout, cin, k, k) / (cin * k * k) ** 0.5).to(dtype)
-    c = torch.ones(cout)
+    x = _randn(B, cin, hw // S, hw // S).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = (_randn(cout, cin, k, k) / (cin * k * k) ** 0.5).to(dtype)
+    c = torch.ones(cout, device=DEVICE)
     bn = (c, c * 0.1, c * 0.0, c)
     folded = tuple(t.to(dtype) for t in K.fold_bn(w, None, *bn, 1e-5))
     return x, w, bn, folded
@@ -43,8 +48,8 @@ def test_conv_bn_gelu(benchmark, impl, shape, dtype):
     skip_unless_ok("conv_bn_gelu", impl)
     name, cin, cout, k, s, hw = shape
     x, w, bn, folded = _conv_inputs(cin, cout, k, hw, dtype)
-    with K.use(conv_bn_gelu=impl):
-        run(benchmark, lambda: K.conv_bn_gelu(x, w, None, *bn, stride=s, padding=k // 2, folded=folded),
+    f = op_runner("conv_bn_gelu", impl)
+    run(benchmark, lambda: f(x, w, None, *bn, stride=s, padding=k // 2, folded=folded),
             f"conv_bn_gelu[{name} {tuple(x.shape)} {dtype}]", impl)
 
 
@@ -55,9 +60,9 @@ def test_conv_bn_add(benchmark, impl, shape, dtype):
     skip_unless_ok("conv_bn_add", impl)
     name, cin, cout, k, s, hw = shape
     x, w, bn, folded = _conv_inputs(cin, cout, k, hw, dtype)
-    r = torch.randn(B, cout, hw // S, hw // S).to(dtype).contiguous(memory_format=torch.channels_last)
-    with K.use(conv_bn_add=impl):
-        run(benchmark, lambda: K.conv_bn_add(x, w, None, *bn, r, folded=folded),
+    r = _randn(B, cout, hw // S, hw // S).to(dtype).contiguous(memory_format=torch.channels_last)
+    f = op_runner("conv_bn_add", impl)
+    run(benchmark, lambda: f(x, w, None, *bn, r, folded=folded),
             f"conv_bn_add[{name} {tuple(x.shape)} {dtype}]", impl)
 
 
@@ -70,9 +75,9 @@ TOKENS = [("s3", 196, 256), ("s4", 49, 512)]
 def test_attention(benchmark, impl, shape, dtype):
     skip_unless_ok("attention", impl)
     name, L, C = shape
-    q, k, v = (torch.randn(B, C // 32, L, 32).to(dtype) for _ in range(3))
-    with K.use(attention=impl):
-        run(benchmark, lambda: K.attention(q, k, v), f"attention[{name} {tuple(q.shape)} {dtype}]", impl)
+    q, k, v = (_randn(B, C // 32, L, 32).to(dtype) for _ in range(3))
+    f = op_runner("attention", impl)
+    run(benchmark, lambda: f(q, k, v), f"attention[{name} {tuple(q.shape)} {dtype}]", impl)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
@@ -81,10 +86,10 @@ def test_attention(benchmark, impl, shape, dtype):
 def test_linear_gelu(benchmark, impl, shape, dtype):
     skip_unless_ok("linear_gelu", impl)
     name, L, C = shape
-    x = torch.randn(B, L, C).to(dtype)
-    w, b = (torch.randn(4 * C, C) / C ** 0.5).to(dtype), torch.randn(4 * C).to(dtype)
-    with K.use(linear_gelu=impl):
-        run(benchmark, lambda: K.linear_gelu(x, w, b), f"linear_gelu[{name} {tuple(x.shape)} {dtype}]", impl)
+    x = _randn(B, L, C).to(dtype)
+    w, b = (_randn(4 * C, C) / C ** 0.5).to(dtype), _randn(4 * C).to(dtype)
+    f = op_runner("linear_gelu", impl)
+    run(benchmark, lambda: f(x, w, b), f"linear_gelu[{name} {tuple(x.shape)} {dtype}]", impl)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
@@ -93,10 +98,10 @@ def test_linear_gelu(benchmark, impl, shape, dtype):
 def test_linear_add(benchmark, impl, shape, dtype):
     skip_unless_ok("linear_add", impl)
     name, L, C = shape
-    x, r = torch.randn(B, L, 4 * C).to(dtype), torch.randn(B, L, C).to(dtype)
-    w, b = (torch.randn(C, 4 * C) / (4 * C) ** 0.5).to(dtype), torch.randn(C).to(dtype)
-    with K.use(linear_add=impl):
-        run(benchmark, lambda: K.linear_add(x, w, b, r), f"linear_add[{name} {tuple(x.shape)} {dtype}]", impl)
+    x, r = _randn(B, L, 4 * C).to(dtype), _randn(B, L, C).to(dtype)
+    w, b = (_randn(C, 4 * C) / (4 * C) ** 0.5).to(dtype), _randn(C).to(dtype)
+    f = op_runner("linear_add", impl)
+    run(benchmark, lambda: f(x, w, b, r), f"linear_add[{name} {tuple(x.shape)} {dtype}]", impl)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
@@ -105,10 +110,10 @@ def test_linear_add(benchmark, impl, shape, dtype):
 def test_add_layer_norm(benchmark, impl, shape, dtype):
     skip_unless_ok("add_layer_norm", impl)
     name, L, C = shape
-    x, r = torch.randn(B, L, C).to(dtype), torch.randn(B, L, C).to(dtype)
-    w, b = torch.randn(C), torch.randn(C)
-    with K.use(add_layer_norm=impl):
-        run(benchmark, lambda: K.add_layer_norm(x, r, w, b), f"add_layer_norm[{name} {tuple(x.shape)} {dtype}]",
+    x, r = _randn(B, L, C).to(dtype), _randn(B, L, C).to(dtype)
+    w, b = _randn(C), _randn(C)
+    f = op_runner("add_layer_norm", impl)
+    run(benchmark, lambda: f(x, r, w, b), f"add_layer_norm[{name} {tuple(x.shape)} {dtype}]",
             impl, rounds=50)
 
 
@@ -118,7 +123,25 @@ def test_add_layer_norm(benchmark, impl, shape, dtype):
 def test_layer_norm(benchmark, impl, shape, dtype):
     skip_unless_ok("layer_norm", impl)
     name, L, C = shape
-    x = torch.randn(B, L, C).to(dtype)
-    w, b = torch.randn(C), torch.randn(C)
-    with K.use(layer_norm=impl):
-        run(benchmark, lambda: K.layer_norm(x, w, b), f"layer_norm[{name} {tuple(x.shape)} {dtype}]", impl, rounds=50)
+    x = _randn(B, L, C).to(dtype)
+    w, b = _randn(C), _randn(C)
+    f = op_runner("layer_norm", impl)
+    run(benchmark, lambda: f(x, w, b), f"layer_norm[{name} {tuple(x.shape)} {dtype}]", impl, rounds=50)
+
+
+# (name, C, hw): GroupNorm+SiLU inputs of a latent-diffusion UNet at 32x32 latents
+GN = [("unet.l1", 320, 32), ("unet.l3", 1280, 8)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", GN, ids=[g[0] for g in GN])
+@pytest.mark.parametrize("impl", _impls("group_norm_silu"))
+def test_group_norm_silu(benchmark, impl, shape, dtype):
+    skip_unless_ok("group_norm_silu", impl)
+    name, C, hw = shape
+    x = _randn(B, C, hw // S, hw // S).to(dtype).contiguous(memory_format=torch.channels_last)
+    w, b = _randn(C).to(dtype), _randn(C).to(dtype)
+    scale, shift = (0.1 * _randn(B, C)).to(dtype), (0.1 * _randn(B, C)).to(dtype)
+    f = op_runner("group_norm_silu", impl)
+    run(benchmark, lambda: f(x, 32, w, b, 1e-5, scale, shift),
+        f"group_norm_silu[{name} {tuple(x.shape)} {dtype}]", impl, rounds=50)
