@@ -1,0 +1,36 @@
+"""``python -m ascan {bench,claims,variants}``."""
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: python -m ascan COMMAND [options]
+
+commands:
+  bench     latency of the classifiers (eager, fused, compile) and timm peers; table, JSON, PNG
+  claims    the paper's headline claims next to what is measured or computed here
+  variants  parameters and MACs of every classifier variant (the README's table)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "bench":
+        from .bench import main as run
+    elif cmd == "claims":
+        from .claims import main as run
+    elif cmd == "variants":
+        from .complexity import variants_table
+        print(variants_table())
+        return 0
+    else:
+        print(f"python -m ascan: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return run(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

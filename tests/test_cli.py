@@ -1,0 +1,75 @@
+"""``python -m ascan bench`` and ``python -m ascan claims`` on tiny settings."""
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ascan.bench import main as bench_main
+from ascan.claims import claims_table, main as claims_main
+
+HAS_TIMM = importlib.util.find_spec("timm") is not None
+HAS_MPL = importlib.util.find_spec("matplotlib") is not None
+
+
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    peers = ["--peers", "convnext_tiny"] if HAS_TIMM else ["--no-peers"]
+    rc = bench_main(["--models", "ascan_t", "--dtype", "fp32,bf16", "--batch", "1", "--size", "64",
+                     "--runs", "2", "--warmup", "1", "--out", str(out), *peers])
+    assert rc == 0
+    return out
+
+
+def test_bench_writes_json_and_plot(bench_out):
+    data = json.loads((bench_out / "bench.json").read_text())
+    assert data["machine"]["torch"] and data["args"]["size"] == 64
+    ours = [r for r in data["rows"] if r["kind"] == "ascan"]
+    assert [(r["model"], r["dtype"], r["batch"]) for r in ours] == [("ascan_t", "fp32", 1), ("ascan_t", "bf16", 1)]
+    for r in ours:
+        assert 10 < r["params_m"] < 20 and r["macs_g"] > 0            # ascan_t: 13.7M params
+        assert r["eager"]["median_ms"] > 0 and r["fused"]["median_ms"] > 0
+        assert r["eager"]["q1_ms"] <= r["eager"]["median_ms"] <= r["eager"]["q3_ms"]
+        assert r["speedup"] == pytest.approx(r["eager"]["median_ms"] / r["fused"]["median_ms"])
+        assert r["throughput"] == pytest.approx(1 / (r["fused"]["median_ms"] / 1e3))
+    if HAS_TIMM:
+        peer = next(r for r in data["rows"] if r["kind"] == "peer")
+        assert peer["model"] == "convnext_tiny" and 25 < peer["params_m"] < 32 and peer["fused"] is None
+    assert (bench_out / "bench.png").exists() == HAS_MPL
+    if HAS_MPL:
+        assert (bench_out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_table_printed(bench_out, capsys):
+    claims_main(["--from", str(bench_out / "bench.json")])
+    out = capsys.readouterr().out
+    assert "fused kernels (this package)" in out and "ascan_t fp32 b1: fused" in out
+    assert "GenEval 0.64" in out and "not measured: needs trained weights" in out
+    if HAS_TIMM:
+        assert "faster than convnext_tiny" in out
+
+
+def test_claims_without_measuring():
+    table = claims_table(None)
+    assert "holds in all" in table and "2.23" in table and "50.3" in table
+    assert "fused kernels" not in table
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--models", "ascan_xxl"], "unknown model"),
+    (["--dtype", "fp8"], "unknown dtype"),
+    (["--size", "100"], "multiple of 32"),
+])
+def test_bench_bad_arguments(args, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_main(args)
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_module_entry_point():
+    p = subprocess.run([sys.executable, "-m", "ascan", "nope"], capture_output=True, text=True)
+    assert p.returncode == 2 and "unknown command 'nope'" in p.stderr and "bench" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "ascan", "variants"], capture_output=True, text=True)
+    assert p.returncode == 0 and "| `ascan_t` |" in p.stdout
