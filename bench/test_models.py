@@ -1,4 +1,4 @@
-"""Whole-model benches: ascan_t eager vs fused vs torch.compile(eager), fp32 and bf16, batch 1 and 16.
+"""Whole-model benches: every classifier eager vs fused vs torch.compile(eager), fp32 and bf16, batch 1 and 16.
 
 Rows per group: ``eager`` (fused=False, fp32: the honest baseline), ``fused``, and
 ``compile(eager)`` (``torch.compile`` of the eager model, default mode). In the bf16
@@ -17,7 +17,10 @@ from ascan import build_model
 
 from .conftest import DEVICE, SMOKE, run
 
-MODELS = os.environ.get("ASCAN_BENCH_MODELS", "ascan_t").split(",")
+from ascan.config import CONFIGS
+
+# every classifier by default; ASCAN_BENCH_MODELS=ascan_t narrows a run
+MODELS = os.environ.get("ASCAN_BENCH_MODELS", ",".join(CONFIGS)).split(",")
 BATCHES = [1, 2] if SMOKE else [1, 16]
 RES = 64 if SMOKE else 224
 _EAGER_FP32: dict = {}
