@@ -31,3 +31,15 @@ def test_readme_usage_snippet_runs(capsys):
     assert scope["logits"].shape == (2, 1000)
     printed = capsys.readouterr().out
     assert "'eager': 'ok'" in printed and "conv_bn_gelu" in printed and "why (impls skipped)" in printed
+
+
+def test_readme_generation_snippet_runs():
+    """The UNet snippet, with 2 sampling steps instead of 50 to stay quick."""
+    text = README.read_text()
+    start = text.index("```python\n", text.index("## Generation models")) + len("```python\n")
+    code = text[start:text.index("```", start)].replace("steps=50", "steps=2")
+    assert "steps=2" in code
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["eps"].shape == (2, 4, 32, 32)
+    assert scope["lat"].shape == (2, 4, 32, 32) and bool(scope["lat"].isfinite().all())
