@@ -7,10 +7,11 @@ Metadata lives in pyproject.toml; this file only decides what to compile:
 * torch not importable: the same, with a warning.
 * Otherwise ``csrc/*.cpp`` and ``csrc/cpu/*.cpp`` as a ``CppExtension`` (``-O3``,
   OpenMP, torch's C++ standard), built with ninja (``MAX_JOBS`` caps its parallelism).
-* Plus ``csrc/cuda/*.cu`` as a ``CUDAExtension`` when torch is a CUDA build, ``CUDA_HOME``
-  is found and that folder holds sources: gencode for sm_80, sm_86 and sm_90 unless
+* Plus ``csrc/cuda/*.cu`` (device code, nvcc) and ``csrc/cuda/*.cpp`` (their torch binding,
+  g++) as a ``CUDAExtension`` when torch is a CUDA build, ``CUDA_HOME`` is found and that
+  folder holds .cu sources: gencode for sm_80, sm_86 and sm_90 unless
   ``TORCH_CUDA_ARCH_LIST`` says otherwise, ``-DASCAN_WITH_CUDA``; nvcc's CUDA major version
-  must equal torch's.
+  must equal torch's. Otherwise the CPU part alone, and the build says why (once).
 
 After a successful compile ``ascan_kernels/_build_info.py`` records what the binary was
 built against; ``ascan_kernels._ext`` compares it with the running torch and refuses a
@@ -91,6 +92,7 @@ def extension_setup() -> dict:
 
     sources = rel_sources("csrc/*.cpp") + rel_sources("csrc/cpu/*.cpp")
     cuda_sources = rel_sources("csrc/cuda/*.cu")
+    cuda_binding_sources = rel_sources("csrc/cuda/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     cxx_flags = ["-O3", "-Wno-unknown-pragmas"]  # torch headers use #pragma unroll
     link_flags: list[str] = []
@@ -117,16 +119,16 @@ def extension_setup() -> dict:
                 "Point CUDA_HOME at a matching toolkit, or set ASCAN_SKIP_EXT=1 for a pure-Python install.")
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         nvcc_flags = ["-O3", "-DASCAN_WITH_CUDA"]
-        ext = ce.CUDAExtension(f"{PKG}._C", sources + cuda_sources, include_dirs=include_dirs,
+        ext = ce.CUDAExtension(f"{PKG}._C", sources + cuda_binding_sources + cuda_sources, include_dirs=include_dirs,
                                define_macros=[("ASCAN_WITH_CUDA", None)],
                                extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
                                extra_link_args=link_flags)
-        log(f"building {PKG}._C with CUDA kernels (nvcc {nvcc}, "
-            f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})")
+        what = (f"with CUDA kernels (nvcc {nvcc}, "
+                f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})")
     else:
         ext = ce.CppExtension(f"{PKG}._C", sources, include_dirs=include_dirs,
                               extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
-        log(f"building {PKG}._C with CPU kernels only: {why_no_cuda}")
+        what = f"with CPU kernels only: {why_no_cuda}"
 
     info = {
         "torch_version": torch.__version__,
@@ -147,6 +149,9 @@ def extension_setup() -> dict:
             self.build_temp = os.path.join(ROOT, "build", f"temp-ascan-py{sys.version_info[0]}{sys.version_info[1]}")
 
         def run(self):
+            # Said here, not when setup.py is evaluated: pip evaluates it several times
+            # (build requirements, metadata, build) and only this one compiles.
+            log(f"building {PKG}._C {what}")
             start = time.time()
             super().run()
             info["build_seconds"] = round(time.time() - start, 1)

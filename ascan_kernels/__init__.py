@@ -46,6 +46,7 @@ from . import registry as _registry
 from .triton import register_all as _register_triton
 
 _register_triton()
+from .cuda import register_all as _register_cuda; _register_cuda()
 _registry.validate_env_overrides()
 
 __all__ = [

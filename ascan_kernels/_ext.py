@@ -118,6 +118,81 @@ def _register_fakes() -> None:
         return (torch.empty(x.shape, dtype=x.dtype, device=x.device),
                 torch.empty(x.shape, dtype=x.dtype, device=x.device))
 
+    # The norm/activation ops (CUDA kernels + CPU reference); a binary built before they
+    # existed lacks them, and registering for a missing op would raise.
+    if hasattr(torch.ops.ascan_C, "layer_norm_fwd"):
+        _register_norm_act_fakes()
+        _register_layer_norm_autograd()
+
+
+def cuda_ops() -> tuple[str, ...]:
+    """The ``ascan_C`` ops the loaded extension has CUDA kernels for (empty without them)."""
+    mod, _ = load_extension()
+    if mod is None:
+        return ()
+    try:
+        return tuple(mod.build_info().get("cuda_ops", ()))
+    except Exception:
+        return ()
+
+
+def _channels_last_like(t: torch.Tensor) -> torch.memory_format:
+    if t.is_contiguous():
+        return torch.contiguous_format
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def _register_norm_act_fakes() -> None:
+    # Shape/dtype rules only; the C++ checks (ascan/norm_act_ops.h) give the full messages
+    # when the real kernels run.
+    @torch.library.register_fake("ascan_C::bias_act_epilogue_")
+    def _bias_act_epilogue_fake(y, bias, residual, act):
+        torch._check(y.dim() >= 3, lambda: f"ascan bias_act_epilogue_: y must have at least 3 dims, got {tuple(y.shape)}")
+        torch._check(bias.shape == (y.shape[1],),
+                     lambda: f"ascan bias_act_epilogue_: bias must have shape ({y.shape[1]}), got {tuple(bias.shape)}")
+        return None
+
+    @torch.library.register_fake("ascan_C::group_norm_silu")
+    def _group_norm_silu_fake(x, num_groups, weight, bias, eps, scale, shift):
+        torch._check(x.dim() >= 3, lambda: f"ascan group_norm_silu: x must have at least 3 dims, got {tuple(x.shape)}")
+        return torch.empty_like(x, memory_format=_channels_last_like(x))
+
+    @torch.library.register_fake("ascan_C::layer_norm_fwd")
+    def _layer_norm_fwd_fake(x, weight, bias, eps):
+        torch._check(x.dim() >= 1, lambda: "ascan layer_norm_fwd: x must have at least 1 dim")
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        stats = lambda: torch.empty((rows,), dtype=torch.float32, device=x.device)  # noqa: E731
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device), stats(), stats()
+
+    @torch.library.register_fake("ascan_C::layer_norm_bwd")
+    def _layer_norm_bwd_fake(dy, x, mean, rstd, weight):
+        C = x.shape[-1]
+        vec = lambda: torch.empty((C,), dtype=torch.float32, device=x.device)  # noqa: E731
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device), vec(), vec()
+
+
+def _register_layer_norm_autograd() -> None:
+    """``layer_norm_fwd`` is differentiable in x, weight and bias through ``layer_norm_bwd``
+    (mean and rstd are saved statistics: their incoming gradients are ignored)."""
+
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, _eps = inputs
+        _, mean, rstd = output
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(mean, rstd)
+
+    def backward(ctx, grad_y, _grad_mean, _grad_rstd):
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = torch.ops.ascan_C.layer_norm_bwd(grad_y.contiguous(), x, mean, rstd, weight)
+        return dx, (dw if weight is not None else None), (db if ctx.has_bias else None), None
+
+    torch.library.register_autograd("ascan_C::layer_norm_fwd", backward, setup_context=setup_context)
+
 
 # torch imports this module (set_python_module) when it needs the fakes of ops that the
 # already-loaded binary defines: register them then too.

@@ -6,6 +6,7 @@
 #include <torch/version.h>
 
 #include "ascan/add_layer_norm.h"
+#include "ascan/norm_act_ops.h"
 
 #ifdef ASCAN_WITH_CUDA
 #include <cuda.h>  // CUDA_VERSION
@@ -28,9 +29,12 @@ pybind11::dict build_info() {
 #ifdef ASCAN_WITH_CUDA
   d["with_cuda"] = true;
   d["cuda_version"] = CUDA_VERSION;  // e.g. 13000
+  // The ascan_C ops with a CUDA kernel in this binary (csrc/cuda/cuda_ops.cpp).
+  d["cuda_ops"] = pybind11::make_tuple("bias_act_epilogue_", "group_norm_silu", "layer_norm_fwd", "layer_norm_bwd");
 #else
   d["with_cuda"] = false;
   d["cuda_version"] = pybind11::none();
+  d["cuda_ops"] = pybind11::make_tuple();
 #endif
   d["cxx11_abi"] = static_cast<bool>(_GLIBCXX_USE_CXX11_ABI);
 #ifdef _OPENMP
@@ -87,9 +91,23 @@ TORCH_LIBRARY(ascan_C, m) {
   // Fake (meta) kernels are registered from Python: ascan_kernels/_ext.py.
   m.set_python_module("ascan_kernels._ext");
   m.def("add_layer_norm(Tensor x, Tensor residual, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor)");
+  // Ops with a CUDA kernel (csrc/cuda, registered there for the CUDA key when built) and a
+  // CPU reference on the shared per-element math (csrc/cpu/reference_ops.cpp). act: 0 none,
+  // 1 gelu (erf), 2 gelu (tanh), 3 silu (ascan::math::Act).
+  m.def("bias_act_epilogue_(Tensor(a!) y, Tensor bias, Tensor? residual, int act) -> ()");
+  m.def("group_norm_silu(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, Tensor? scale, "
+        "Tensor? shift) -> Tensor");
+  m.def("layer_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("layer_norm_bwd(Tensor dy, Tensor x, Tensor mean, Tensor rstd, Tensor? weight) -> (Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(ascan_C, CPU, m) { m.impl("add_layer_norm", &ascan::cpu::add_layer_norm); }
+TORCH_LIBRARY_IMPL(ascan_C, CPU, m) {
+  m.impl("add_layer_norm", &ascan::cpu::add_layer_norm);
+  m.impl("bias_act_epilogue_", &ascan::cpu::bias_act_epilogue_);
+  m.impl("group_norm_silu", &ascan::cpu::group_norm_silu);
+  m.impl("layer_norm_fwd", &ascan::cpu::layer_norm_fwd);
+  m.impl("layer_norm_bwd", &ascan::cpu::layer_norm_bwd);
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ascan_kernels._C: C++ CPU kernels (and CUDA kernels where built); ops in torch.ops.ascan_C";
