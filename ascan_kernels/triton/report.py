@@ -197,21 +197,26 @@ def resource_table(results) -> str:
 
 
 def cuda_resource_table() -> str | None:
-    """The CUDA C++ extension's kernels (registers/shared/local), when it was built with them."""
+    """The CUDA C++ extension's kernels from cuobjdump of the built extension: one row per
+    kernel family and architecture, ranges over its template instantiations."""
     try:
         from ..cuda import resource_usage
-    except Exception:
-        return None
-    try:
         usage = resource_usage()
     except Exception as e:
-        return f"(CUDA extension resources unavailable: {e})"
+        return f"(CUDA extension resources unavailable: {type(e).__name__}: {e})"
     if not usage:
         return None
-    rows = [("kernel", "sm", "regs", "local (spill) B", "smem B")]
+    fams: dict[tuple[str, str], list] = {}
     for u in usage:
-        rows.append((u["kernel"], str(u.get("sm", "")), str(u["registers"]), str(u["local"]), str(u["shared"])))
-    return _fmt_table(rows, right={2, 3, 4})
+        name = u.kernel.replace("(anonymous namespace)::", "").removeprefix("void ")
+        family = name.split("(")[0].split("<")[0].split("::")[-1]
+        fams.setdefault((family, u.arch), []).append(u)
+    rows = [("kernel", "arch", "variants", "regs", "smem B", "local (spill) B")]
+    for (family, arch), us in sorted(fams.items()):
+        regs = sorted(u.registers for u in us)
+        rows.append((family, arch, str(len(us)), f"{regs[0]}-{regs[-1]}" if regs[0] != regs[-1] else str(regs[0]),
+                     str(max(u.shared for u in us)), str(max(u.local + u.stack for u in us))))
+    return _fmt_table(rows, right={2, 3, 4, 5})
 
 
 def main(argv: list[str] | None = None) -> int:
