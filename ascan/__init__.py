@@ -7,11 +7,14 @@
 """
 from . import models as _models  # noqa: F401  (registers every model)
 from . import unet as _unet  # noqa: F401  (registers the UNets)
+from . import segmentation as _segmentation  # noqa: F401  (registers the segmenters)
 from .classifier import AsCAN
 from .config import CONFIGS, AsCANConfig
 from .registry import build_model, list_models, register_model
 from .sampling import generate
+from .segmentation import AsCANSegmenter
 from .unet import UNET_CONFIGS, AsCANUNet, UNetConfig
 
 __all__ = ["AsCAN", "AsCANConfig", "CONFIGS", "build_model", "list_models", "register_model",
-           "AsCANUNet", "UNetConfig", "UNET_CONFIGS", "generate"]
+           "AsCANUNet", "UNetConfig", "UNET_CONFIGS", "generate",
+           "AsCANSegmenter"]

@@ -32,7 +32,8 @@ def pair(name_or_cfg, **kw):
 
 def test_list_and_unknown_model():
     assert {"ascan_t", "ascan_s", "ascan_b", "ascan_l"} <= set(list_models())
-    assert list_models("ascan_t*") == ["ascan_t"]
+    assert list_models("ascan_t") == ["ascan_t"]
+    assert "ascan_t_seg" in list_models("ascan_t*")
     with pytest.raises(ValueError, match=r"unknown model 'ascan_xl'; available: .*ascan_t"):
         build_model("ascan_xl")
 
