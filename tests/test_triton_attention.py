@@ -1,0 +1,253 @@
+"""Triton flash attention (forward and backward) against the eager reference.
+
+Runs under Triton's CPU interpreter when there is no GPU (tests/conftest.py sets
+TRITON_INTERPRET=1), on CUDA tensors otherwise. Shapes are small and ragged: none of
+the lengths is a multiple of the kernels' blocks, and Lq != Lk in most cases.
+"""
+import pytest
+import torch
+
+import ascan_kernels as K
+from ascan_kernels.ops.attention import attention_reference
+from ascan_kernels.testing import assert_close, assert_error_within, grads_by_impl
+
+pytestmark = pytest.mark.skipif(K.available("attention")["triton"] != "ok",
+                                reason=f"triton impl unavailable: {K.available('attention')['triton']}")
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# fp32 tl.dot runs in tf32 on a GPU: compare at fp16's tolerance there
+FP32_TOL = torch.float16 if DEV == "cuda" else torch.float32
+
+# (B, H, Lq, Lk, D, mask): mask None, "bool" (B, H, Lq, Lk), "float" (1, H, Lq, Lk)
+# additive, "padding" bool (B, 1, 1, Lk), "square" float (Lq, Lk)
+CASES = [
+    (1, 2, 17, 17, 64, None),
+    (2, 2, 40, 67, 32, "bool"),
+    (2, 2, 67, 40, 16, "float"),
+    (2, 2, 1, 40, 64, "padding"),
+    (1, 2, 40, 17, 128, "square"),
+]
+GRAD_CASES = [CASES[0], CASES[1], CASES[2], CASES[3]]
+
+
+def rand(*shape, dtype=torch.float32):
+    return torch.randn(*shape, device=DEV).to(dtype)
+
+
+def make_mask(kind, B, H, Lq, Lk):
+    if kind is None:
+        return None
+    if kind == "bool":
+        m = torch.rand(B, H, Lq, Lk, device=DEV) > 0.3
+        m[..., 0] = True  # at least one key per row (fully masked rows have their own test)
+        return m
+    if kind == "padding":
+        m = torch.rand(B, 1, 1, Lk, device=DEV) > 0.4
+        m[..., 0] = True
+        return m
+    if kind == "float":
+        return torch.randn(1, H, Lq, Lk, device=DEV)
+    if kind == "square":
+        return torch.randn(Lq, Lk, device=DEV)
+    raise ValueError(kind)
+
+
+def case_inputs(case, dtype=torch.float32):
+    B, H, Lq, Lk, D, kind = case
+    return [rand(B, H, Lq, D, dtype=dtype), rand(B, H, Lk, D, dtype=dtype), rand(B, H, Lk, D, dtype=dtype)], \
+        make_mask(kind, B, H, Lq, Lk)
+
+
+def forced(*args, **kwargs):
+    with K.use(attention="triton"), K.trace() as t:
+        out = K.attention(*args, **kwargs)
+    assert t.impls("attention") == ["triton"]
+    return out
+
+
+def eager(*args, **kwargs):
+    with K.use(attention="eager"):
+        return K.attention(*args, **kwargs)
+
+
+def lowp_floor(ref, dtype):
+    return 4 * torch.finfo(dtype).eps * max(1.0, ref.abs().max().item())
+
+
+def check(got, want_lowp, want_fp32, dtype):
+    """fp32: the reference at fp32 tolerance; fp16/bf16: error against the fp32
+    reference no more than twice eager's own error in that dtype."""
+    assert got.dtype == dtype and got.shape == want_fp32.shape
+    assert torch.isfinite(got).all()
+    if dtype == torch.float32:
+        assert_close(got, want_fp32, dtype=FP32_TOL)
+    else:
+        assert_error_within(got, want_lowp, want_fp32, factor=2.0, floor=lowp_floor(want_fp32, dtype))
+
+
+# ------------------------------------------------------------------------------ forward
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[:5]}-{c[5]}")
+def test_forward_matches_reference(dtype, case):
+    (q, k, v), mask = case_inputs(case)
+    low = [t.to(dtype) for t in (q, k, v)]
+    got = forced(*low, mask)
+    check(got, eager(*low, mask), eager(q, k, v, mask), dtype)
+
+
+def test_explicit_scale_and_half_precision_float_mask():
+    (q, k, v), _ = case_inputs((1, 2, 17, 40, 32, None))
+    mask = torch.randn(1, 1, 17, 40, device=DEV).to(torch.bfloat16)
+    got = forced(q, k, v, mask, 0.0, 0.3)
+    assert_close(got, attention_reference(q, k, v, mask, scale=0.3), dtype=FP32_TOL)
+
+
+def test_log_sum_exp_is_stored():
+    (q, k, v), mask = case_inputs((2, 2, 40, 17, 32, "float"))
+    scale = 32 ** -0.5
+    o, lse = torch.ops.ascan_triton.flash_attn_fwd(q, k, v, mask, scale)
+    want = torch.logsumexp(q @ k.transpose(-2, -1) * scale + mask, dim=-1)
+    assert lse.shape == (2, 2, 40) and lse.dtype == torch.float32
+    assert_close(lse, want, dtype=FP32_TOL)
+
+
+# ---------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: f"{c[:5]}-{c[5]}")
+def test_gradients_match_reference(dtype, case):
+    ins, mask = case_inputs(case)
+    fn = lambda q, k, v: K.attention(q, k, v, mask)  # noqa: E731
+    low = [t.to(dtype) for t in ins]
+    got = grads_by_impl("attention", ("triton",), fn, low)["triton"]
+    want = grads_by_impl("attention", ("eager",), fn, ins)["eager"]
+    if dtype == torch.float32:
+        for name, g, w in zip("qkv", got, want):
+            assert_close(g, w, dtype=FP32_TOL, msg=f"d{name}")
+        return
+    lowp = grads_by_impl("attention", ("eager",), fn, low)["eager"]
+    for g, lo, w in zip(got, lowp, want):
+        assert g.dtype == dtype and torch.isfinite(g).all()
+        assert_error_within(g, lo, w, factor=2.0, floor=lowp_floor(w, dtype))
+
+
+def test_gradients_through_permuted_qkv_views():
+    """The model's layout: q, k, v are permuted views of one (B, L, 3, H, D) projection,
+    read and differentiated in place; o comes back as (B, L, H, D) memory."""
+    B, L, H, D = 2, 23, 2, 32
+    x = rand(B, L, 3 * H * D)
+    w = rand(3 * H * D, 3 * H * D) * (3 * H * D) ** -0.5
+    out = {}
+    for impl in ("triton", "eager"):
+        xi = x.clone().requires_grad_()
+        q, k, v = (xi @ w).reshape(B, L, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+        assert not q.is_contiguous()
+        with K.use(attention=impl), K.trace() as t:
+            o = K.attention(q, k, v)
+        assert t.impls("attention") == [impl]
+        if impl == "triton":
+            assert o.transpose(1, 2).is_contiguous()  # the head merge after it is a view
+        y = o.transpose(1, 2).reshape(B, L, H * D)
+        (y * torch.linspace(-1, 1, y.numel(), device=DEV).reshape(y.shape)).sum().backward()
+        out[impl] = (y.detach(), xi.grad)
+    assert_close(out["triton"][0], out["eager"][0], dtype=FP32_TOL)
+    assert_close(out["triton"][1], out["eager"][1], dtype=FP32_TOL)
+
+
+def test_cross_attention_with_non_contiguous_kv():
+    # k, v: permuted views of a (B, Lk, 2, H, D) projection; q a transposed (B, Lq, H, D)
+    B, H, Lq, Lk, D = 1, 2, 17, 40, 64
+    q = rand(B, Lq, H, D).transpose(1, 2)
+    k, v = rand(B, Lk, 2, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+    mask = make_mask("padding", B, H, Lq, Lk)
+    got = grads_by_impl("attention", ("triton",), lambda *a: K.attention(*a, mask), [q, k, v])["triton"]
+    want = grads_by_impl("attention", ("eager",), lambda *a: K.attention(*a, mask), [q, k, v])["eager"]
+    assert_close(forced(q, k, v, mask), attention_reference(q, k, v, mask), dtype=FP32_TOL)
+    for g, w in zip(got, want):
+        assert_close(g, w, dtype=FP32_TOL)
+
+
+# -------------------------------------------------------------------- fully masked rows
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_fully_masked_rows_give_zero_output_and_zero_gradients(kind):
+    """Rows with no key to attend: the reference gives NaN, the kernels give 0 (as
+    flash-attention does) and no gradient flows through them."""
+    B, H, Lq, Lk, D = 1, 2, 19, 33, 32
+    q, k, v = (rand(B, H, n, D) for n in (Lq, Lk, Lk))
+    keep = torch.rand(B, H, Lq, Lk, device=DEV) > 0.3
+    keep[..., 0] = True
+    dead = torch.tensor([0, 5, 18], device=DEV)  # first, middle and last (ragged) row
+    keep[:, :, dead] = False
+    live = torch.ones(Lq, dtype=torch.bool, device=DEV)
+    live[dead] = False
+    mask = keep if kind == "bool" else torch.zeros(keep.shape, device=DEV).masked_fill(~keep, float("-inf"))
+    assert torch.isnan(attention_reference(q, k, v, mask)[:, :, dead]).all()
+
+    ins = [t.clone().requires_grad_() for t in (q, k, v)]
+    o = forced(*ins, mask)
+    wo = torch.linspace(-1, 1, o.numel(), device=DEV).reshape(o.shape)
+    (o * wo).sum().backward()
+    assert (o[:, :, dead] == 0).all()
+    _, lse = torch.ops.ascan_triton.flash_attn_fwd(q, k, v, mask, D ** -0.5)
+    assert torch.isinf(lse[:, :, dead]).all() and (lse[:, :, dead] > 0).all()
+
+    # The reference on the live rows only: same outputs and same gradients.
+    ref = [q[:, :, live].clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_()]
+    ro = attention_reference(*ref, mask[:, :, live])
+    (ro * wo[:, :, live]).sum().backward()
+    assert_close(o[:, :, live], ro, dtype=FP32_TOL)
+    assert (ins[0].grad[:, :, dead] == 0).all()
+    assert_close(ins[0].grad[:, :, live], ref[0].grad, dtype=FP32_TOL)
+    assert_close(ins[1].grad, ref[1].grad, dtype=FP32_TOL)
+    assert_close(ins[2].grad, ref[2].grad, dtype=FP32_TOL)
+
+
+# ------------------------------------------------------------------------------ opcheck
+def test_opcheck_custom_ops():
+    ops = torch.ops.ascan_triton
+    for case in ((1, 2, 17, 40, 32, None), (2, 2, 17, 40, 16, "padding"), (1, 2, 40, 17, 32, "float")):
+        (q, k, v), mask = case_inputs(case)
+        scale = case[4] ** -0.5
+        q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+        torch.library.opcheck(ops.flash_attn_fwd, (q, k, v, mask, scale))
+        o, lse = ops.flash_attn_fwd(q.detach(), k.detach(), v.detach(), mask, scale)
+        do = torch.randn_like(o)
+        torch.library.opcheck(ops.flash_attn_bwd, (do, q.detach(), k.detach(), v.detach(), o, lse, mask, scale))
+
+
+def test_autocast_runs_in_the_autocast_dtype():
+    (q, k, v), mask = case_inputs((1, 2, 17, 40, 32, "padding"))
+    with torch.autocast(DEV, dtype=torch.bfloat16):
+        got = forced(q, k, v, mask)
+    assert got.dtype == torch.bfloat16
+    want = attention_reference(*(t.bfloat16() for t in (q, k, v)), mask)
+    assert_close(got, want, dtype=torch.bfloat16)
+
+
+# --------------------------------------------------------------------------- rejections
+def reason(*args, **kwargs):
+    with K.use(attention="triton"), pytest.raises(K.KernelUnavailableError) as e:
+        K.attention(*args, **kwargs)
+    return str(e.value)
+
+
+def test_rejections_say_why():
+    q, k, v = rand(1, 2, 8, 32), rand(1, 2, 9, 32), rand(1, 2, 9, 32)
+    assert "dropout not implemented in the Triton kernel" in reason(q, k, v, None, 0.1)
+    assert "head dim 48 not supported" in reason(rand(1, 2, 8, 48), rand(1, 2, 9, 48), rand(1, 2, 9, 48))
+    assert "v head dim 64 != q head dim 32" in reason(q, k, rand(1, 2, 9, 64))
+    assert "float64 not supported" in reason(q.double(), k.double(), v.double())
+    assert "empty input" in reason(rand(1, 2, 0, 32), k, v)
+    assert "empty input" in reason(q, rand(1, 2, 0, 32), rand(1, 2, 0, 32))
+    grad_mask = torch.zeros(1, 1, 8, 9, device=DEV, requires_grad=True)
+    assert "attn_mask requires grad" in reason(q, k, v, grad_mask)
+    meta = [torch.empty(1, 2, 8, 32, device="meta") for _ in range(3)]
+    assert "device meta" in reason(*meta)
+
+
+@pytest.mark.skipif(DEV != "cpu", reason="the interpreter rule applies to CPU tensors")
+def test_cpu_tensors_are_not_auto_selected():
+    with K.trace() as t:
+        K.attention(rand(1, 2, 8, 32), rand(1, 2, 8, 32), rand(1, 2, 8, 32))
+    assert t.impls("attention") != ["triton"]
+    assert "interpreter" in t.records[0].why
