@@ -123,6 +123,8 @@ def _register_fakes() -> None:
     if hasattr(torch.ops.ascan_C, "layer_norm_fwd"):
         _register_norm_act_fakes()
         _register_layer_norm_autograd()
+    if hasattr(torch.ops.ascan_C, "group_norm_silu_cpu"):
+        _register_group_norm_silu_cpu_fake()
 
 
 def cuda_ops() -> tuple[str, ...]:
@@ -173,6 +175,16 @@ def _register_norm_act_fakes() -> None:
         C = x.shape[-1]
         vec = lambda: torch.empty((C,), dtype=torch.float32, device=x.device)  # noqa: E731
         return torch.empty(x.shape, dtype=x.dtype, device=x.device), vec(), vec()
+
+
+def _register_group_norm_silu_cpu_fake() -> None:
+    @torch.library.register_fake("ascan_C::group_norm_silu_cpu")
+    def _group_norm_silu_cpu_fake(x, num_groups, weight, bias, eps, scale, shift):
+        torch._check(x.dim() == 4, lambda: f"ascan group_norm_silu_cpu: x must be 4-D, got {tuple(x.shape)}")
+        torch._check(x.dtype in (torch.float32, torch.bfloat16),
+                     lambda: f"ascan group_norm_silu_cpu: x must be float32 or bfloat16, got {x.dtype}")
+        # The kernel allocates with empty_like: x's dtype and strides (NCHW or channels_last).
+        return torch.empty_like(x)
 
 
 def _register_layer_norm_autograd() -> None:

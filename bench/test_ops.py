@@ -129,19 +129,24 @@ def test_layer_norm(benchmark, impl, shape, dtype):
     run(benchmark, lambda: f(x, w, b), f"layer_norm[{name} {tuple(x.shape)} {dtype}]", impl, rounds=50)
 
 
-# (name, C, hw): GroupNorm+SiLU inputs of a latent-diffusion UNet at 32x32 latents
-GN = [("unet.l1", 320, 32), ("unet.l3", 1280, 8)]
+# (name, N, C, hw): GroupNorm+SiLU inputs of the generation UNets (ascan/unet.py: 32x32
+# latents, levels of 128/256/384 channels at 32/16/8, plus an SD-like 320/1280 pair), and
+# one tiny map where a parallel region or dispatch overhead would dominate.
+GN = [("unet.l1", 8, 128, 32), ("unet.l1w", 8, 256, 32), ("unet.l3", 8, 384, 8), ("sd.l1", 2, 320, 32),
+      ("sd.l3", 2, 1280, 8), ("tiny", 1, 128, 8)]
+GN_FORMATS = {"cl": torch.channels_last, "nchw": torch.contiguous_format}
 
 
+@pytest.mark.parametrize("fmt", list(GN_FORMATS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", GN, ids=[g[0] for g in GN])
 @pytest.mark.parametrize("impl", _impls("group_norm_silu"))
-def test_group_norm_silu(benchmark, impl, shape, dtype):
+def test_group_norm_silu(benchmark, impl, shape, dtype, fmt):
     skip_unless_ok("group_norm_silu", impl)
-    name, C, hw = shape
-    x = _randn(B, C, hw // S, hw // S).to(dtype).contiguous(memory_format=torch.channels_last)
+    name, n, C, hw = shape
+    x = _randn(n, C, max(hw // S, 1), max(hw // S, 1)).to(dtype).contiguous(memory_format=GN_FORMATS[fmt])
     w, b = _randn(C).to(dtype), _randn(C).to(dtype)
-    scale, shift = (0.1 * _randn(B, C)).to(dtype), (0.1 * _randn(B, C)).to(dtype)
+    scale, shift = (0.1 * _randn(n, C)).to(dtype), (0.1 * _randn(n, C)).to(dtype)
     f = op_runner("group_norm_silu", impl)
     run(benchmark, lambda: f(x, 32, w, b, 1e-5, scale, shift),
-        f"group_norm_silu[{name} {tuple(x.shape)} {dtype}]", impl, rounds=50)
+        f"group_norm_silu[{name} {tuple(x.shape)} {dtype} {fmt}]", impl, rounds=50)

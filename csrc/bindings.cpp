@@ -7,6 +7,7 @@
 
 #include "ascan/add_layer_norm.h"
 #include "ascan/norm_act_ops.h"
+#include "cpu/group_norm_silu_op.h"
 
 #ifdef ASCAN_WITH_CUDA
 #include <cuda.h>  // CUDA_VERSION
@@ -99,6 +100,9 @@ TORCH_LIBRARY(ascan_C, m) {
         "Tensor? shift) -> Tensor");
   m.def("layer_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)");
   m.def("layer_norm_bwd(Tensor dy, Tensor x, Tensor mean, Tensor rstd, Tensor? weight) -> (Tensor, Tensor, Tensor)");
+  // The fast CPU group_norm_silu (csrc/cpu/group_norm_silu*.cpp; at::vec + OpenMP).
+  m.def("group_norm_silu_cpu(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, Tensor? scale, "
+        "Tensor? shift) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ascan_C, CPU, m) {
@@ -107,6 +111,7 @@ TORCH_LIBRARY_IMPL(ascan_C, CPU, m) {
   m.impl("group_norm_silu", &ascan::cpu::group_norm_silu);
   m.impl("layer_norm_fwd", &ascan::cpu::layer_norm_fwd);
   m.impl("layer_norm_bwd", &ascan::cpu::layer_norm_bwd);
+  m.impl("group_norm_silu_cpu", &ascan::cpu::group_norm_silu_cpu);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -59,3 +59,9 @@ def group_norm_silu(x, num_groups, weight=None, bias=None, eps=1e-5, scale=None,
     """GroupNorm then FiLM then SiLU; see :func:`group_norm_silu_reference` for shapes."""
     return group_norm_silu_op(x, int(num_groups) if isinstance(num_groups, int) else num_groups,
                               weight, bias, float(eps), scale, shift)
+
+
+# The fast CPU kernel (C++ extension); it says itself when it is unavailable.
+from ..cpu.group_norm import impl as _cpu_impl  # noqa: E402
+
+group_norm_silu_op.register(_cpu_impl())
