@@ -300,7 +300,9 @@ class AsCANUNet(nn.Module):
             if not isinstance(y, torch.Tensor) or y.shape != (B,) or y.dtype not in (torch.int64, torch.int32):
                 got = (tuple(y.shape), y.dtype) if isinstance(y, torch.Tensor) else type(y).__name__
                 raise ValueError(f"{name}: expected class ids y of shape ({B},) and integer dtype, got {got}")
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
+            # value check on the CPU only: on an accelerator it would cost a host sync per
+            # step (and nn.Embedding asserts on out-of-range ids there anyway)
+            if y.numel() and y.device.type == "cpu" and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
                 raise ValueError(f"{name}: class ids must be in [0, {self.num_classes}] "
                                  f"({self.num_classes} = null class), got range [{int(y.min())}, {int(y.max())}]")
         else:

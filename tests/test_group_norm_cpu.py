@@ -217,7 +217,8 @@ def test_every_isa_variant(capability, isa):
 
 @pytest.mark.parametrize("kind", ["c2i", "t2i"])
 def test_unet_matches_eager_on_cpu_impl(kind):
-    from tests.test_unet import TINY, TINY_T2I, c2i_inputs, pair, t2i_inputs
+    # tests/ is on sys.path (pytest prepends a test file's folder when it has no __init__)
+    from test_unet import TINY, TINY_T2I, c2i_inputs, pair, t2i_inputs
 
     fused, eager = pair(TINY, num_classes=10) if kind == "c2i" else pair(TINY_T2I)
     args = c2i_inputs() if kind == "c2i" else t2i_inputs()

@@ -7,7 +7,8 @@
    bytes, shared memory per block and the tensor-core instructions in the PTX. One
    row per kernel and target, with the range over its configs.
 2. **Roofline at the model's real shapes**: every fused-op call of a model forward
-   (default ``ascan_t``, batch 64, 224x224, bfloat16, inference), found by running
+   (default ``ascan_t``, batch 64, 224x224, and ``ascan_unet_c2i_b``, batch 64, 32x32
+   latents; bfloat16, inference), found by running
    the model on the meta device under ``ascan_kernels.trace()``. For each distinct
    call: FLOPs, the fewest HBM bytes the fused kernel must move, the bytes the
    unfused eager sequence moves, and the time floor of each on an H100
@@ -126,21 +127,34 @@ def call_costs(op: str, args: tuple) -> tuple[Cost, list[Cost], str]:
     return _norm_costs(op, args, e)
 
 
+def _model_inputs(model, name: str, batch: int, resolution: int, dtype: torch.dtype) -> tuple:
+    """Meta-device inputs of one forward: images for classifiers/segmenters, (latents, t,
+    class or context) for the UNets (``resolution`` is then the latent size)."""
+    if not name.startswith("ascan_unet"):
+        x = torch.empty(batch, 3, resolution, resolution, device="meta", dtype=dtype)
+        return (x.contiguous(memory_format=torch.channels_last),)
+    x = torch.empty(batch, model.cfg.in_channels, resolution, resolution, device="meta", dtype=dtype)
+    t = torch.zeros(batch, device="meta", dtype=torch.long)
+    if model.num_classes is not None:
+        return x, t, torch.zeros(batch, device="meta", dtype=torch.long)
+    return x, t, torch.empty(batch, 77, model.cfg.context_dim, device="meta", dtype=dtype)
+
+
 def model_calls(name: str = "ascan_t", batch: int = 64, resolution: int = 224,
                 dtype: torch.dtype = torch.bfloat16, **kwargs: Any) -> list[tuple[str, tuple, int]]:
     """Distinct fused-op calls of one inference forward as ``(op, args summary, count)``.
 
     The model runs on the meta device, so no memory is allocated and any size works.
+    For the UNets ``resolution`` is the latent size (a 77-token context for t2i).
     ``kwargs`` go to ``build_model`` (e.g. ``num_classes``).
     """
     import ascan
     import ascan_kernels as K
 
     model = ascan.build_model(name, fused=True, **kwargs).eval().to(device="meta", dtype=dtype)
-    x = torch.empty(batch, 3, resolution, resolution, device="meta", dtype=dtype)
-    x = x.contiguous(memory_format=torch.channels_last)
+    inputs = _model_inputs(model, name, batch, resolution, dtype)
     with torch.no_grad(), K.trace() as t:
-        model(x)
+        model(*inputs)
     counts: dict[tuple, int] = {}
     for r in t.records:
         key = (r.op, r.args)
@@ -178,11 +192,21 @@ def roofline_table(calls: list[tuple[str, tuple, int]]) -> str:
     return _fmt_table(rows, right={2, 3, 4, 5, 6, 7, 8})
 
 
-def resource_table(results) -> str:
-    """Markdown table: per kernel variant and target, ranges over the autotune configs."""
+def _without_dtype(name: str) -> str:
+    """``attn_fwd[bf16,d64,nomask]`` -> ``attn_fwd[d64,nomask]``."""
+    if "[" not in name:
+        return name
+    base, rest = name.split("[", 1)
+    parts = [p for p in rest.rstrip("]").split(",") if p not in ("fp16", "bf16", "fp32")]
+    return f"{base}[{','.join(parts)}]" if parts else base
+
+
+def resource_table(results, merge_dtypes: bool = False) -> str:
+    """Markdown table: per kernel variant and target, ranges over the autotune configs
+    (and over fp16/bf16/fp32 with ``merge_dtypes``)."""
     by: dict[tuple[str, int], list] = {}
     for r in results:
-        by.setdefault((r.name, r.cc), []).append(r)
+        by.setdefault((_without_dtype(r.name) if merge_dtypes else r.name, r.cc), []).append(r)
     rows = [("kernel", "sm", "configs", "regs", "spill B", "smem KiB", "tensor cores", "status")]
     for (name, cc), rs in by.items():
         regs = sorted(r.registers for r in rs)
@@ -224,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="ascan_t")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--resolution", type=int, default=224)
+    ap.add_argument("--unet", default="ascan_unet_c2i_b", help="UNet for the second roofline ('' to skip)")
+    ap.add_argument("--unet-batch", type=int, default=64)
+    ap.add_argument("--unet-latent", type=int, default=32, help="latent size (32 = 256x256 images)")
     ap.add_argument("--no-compile", action="store_true", help="skip the AOT compile sweep (roofline only)")
+    ap.add_argument("--merge-dtypes", action="store_true",
+                    help="one resource row per kernel and target over all dtypes (shorter table)")
     ap.add_argument("--module", action="append", help="only these Triton kernel modules in the sweep")
     args = ap.parse_args(argv)
 
@@ -239,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                  for s in importlib.import_module(f"{__package__}.{m}").aot_specs()]
         results = aot.sweep(specs)
         print("## Triton kernels compiled ahead of time (every autotune config; ranges over configs)\n")
-        print(resource_table(results))
+        print(resource_table(results, merge_dtypes=args.merge_dtypes))
         status = 1 if any(not r.ok for r in results) else 0
         cuda = cuda_resource_table()
         if cuda:
@@ -248,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n## Roofline on an H100 ({H100_BYTES_PER_S / 1e12:.1f} TB/s, {H100_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16): "
           f"{args.model}, batch {args.batch}, {args.resolution}x{args.resolution}, bf16 inference\n")
     print(roofline_table(model_calls(args.model, args.batch, args.resolution)))
+    if args.unet:
+        print(f"\n## Roofline on an H100: {args.unet}, batch {args.unet_batch}, {args.unet_latent}x{args.unet_latent} "
+              "latents, bf16 inference (fused-op calls only; the UNet's plain convs are not ops)\n")
+        print(roofline_table(model_calls(args.unet, args.unet_batch, args.unet_latent)))
     return status
 
 
