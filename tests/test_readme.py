@@ -43,3 +43,15 @@ def test_readme_generation_snippet_runs():
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["eps"].shape == (2, 4, 32, 32)
     assert scope["lat"].shape == (2, 4, 32, 32) and bool(scope["lat"].isfinite().all())
+
+
+def test_readme_segmentation_snippet_runs():
+    """The segmentation snippet at 64x64 instead of 512x512."""
+    text = README.read_text()
+    start = text.index("```python\n", text.index("## Segmentation")) + len("```python\n")
+    code = text[start:text.index("```", start)]
+    assert code.count("randn(1, 3, 512, 512)") == 2
+    scope: dict = {}
+    exec(compile(code.replace("randn(1, 3, 512, 512)", "randn(1, 3, 64, 64)"), "README.md", "exec"), scope)
+    assert scope["logits"].shape == (1, 150, 64, 64)
+    assert [tuple(f.shape) for f in scope["feats"]] == [(1, 64, 16, 16), (1, 128, 8, 8), (1, 256, 4, 4), (1, 512, 2, 2)]

@@ -201,6 +201,10 @@ def _without_dtype(name: str) -> str:
     return f"{base}[{','.join(parts)}]" if parts else base
 
 
+def _range(lo: str, hi: str) -> str:
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
 def resource_table(results, merge_dtypes: bool = False) -> str:
     """Markdown table: per kernel variant and target, ranges over the autotune configs
     (and over fp16/bf16/fp32 with ``merge_dtypes``)."""
@@ -213,9 +217,9 @@ def resource_table(results, merge_dtypes: bool = False) -> str:
         smem = sorted(r.shared for r in rs)
         tcs = sorted({r.tensor_cores for r in rs if r.tensor_cores}) or ["-"]
         bad = [p for r in rs for p in r.problems]
-        rows.append((name, str(cc), str(len(rs)), f"{regs[0]}-{regs[-1]}" if regs[0] != regs[-1] else str(regs[0]),
+        rows.append((name, str(cc), str(len(rs)), _range(str(regs[0]), str(regs[-1])),
                      str(max(r.spills for r in rs)),
-                     f"{smem[0] / 1024:.0f}-{smem[-1] / 1024:.0f}" if smem[0] != smem[-1] else f"{smem[0] / 1024:.0f}",
+                     _range(f"{smem[0] / 1024:.0f}", f"{smem[-1] / 1024:.0f}"),
                      "/".join(tcs), "ok" if not bad else "; ".join(sorted(set(bad)))))
     return _fmt_table(rows, right={2, 3, 4, 5})
 
