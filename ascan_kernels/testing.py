@@ -66,3 +66,22 @@ def native_impls(op: str) -> list[str]:
 
     return [i for i, s in available(op).items()
             if s == "ok" and i != "eager" and not (i == "triton" and interpreting())]
+
+
+def fused_eager_pair(make, **kwargs) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(fused, eager)`` from ``make(fused: bool, **kwargs)`` with identical weights.
+
+    BatchNorm layers get non-trivial running statistics and affine parameters first: at
+    their initial values (mean 0, var 1, weight 1, bias 0) folding BN into a conv is the
+    identity, so a wrong fold would go unnoticed.
+    """
+    fused, eager = make(True, **kwargs), make(False, **kwargs)
+    with torch.no_grad():
+        for m in fused.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    eager.load_state_dict(fused.state_dict())
+    return fused, eager

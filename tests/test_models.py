@@ -7,7 +7,7 @@ import torch
 import ascan_kernels as K
 from ascan import CONFIGS, AsCAN, AsCANConfig, build_model, list_models
 from ascan.layers import ConvBN
-from ascan_kernels.testing import assert_close, native_impls
+from ascan_kernels.testing import assert_close, fused_eager_pair, native_impls
 
 TINY = AsCANConfig(name="tiny_test", dims=(32, 32, 64, 64), layouts=("C", "CC", "CT", "T"), stem_chs=(16, 32))
 
@@ -15,19 +15,8 @@ TINY = AsCANConfig(name="tiny_test", dims=(32, 32, 64, 64), layouts=("C", "CC", 
 def pair(name_or_cfg, **kw):
     """(fused, eager) models with identical weights and non-trivial BN statistics."""
     if isinstance(name_or_cfg, str):
-        fused = build_model(name_or_cfg, fused=True, **kw)
-        eager = build_model(name_or_cfg, fused=False, **kw)
-    else:
-        fused, eager = AsCAN(name_or_cfg, fused=True, **kw), AsCAN(name_or_cfg, fused=False, **kw)
-    with torch.no_grad():
-        for m in fused.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-    eager.load_state_dict(fused.state_dict())
-    return fused, eager
+        return fused_eager_pair(lambda fused, **k: build_model(name_or_cfg, fused=fused, **k), **kw)
+    return fused_eager_pair(lambda fused, **k: AsCAN(name_or_cfg, fused=fused, **k), **kw)
 
 
 def test_list_and_unknown_model():

@@ -1,33 +1,9 @@
-// group_norm_silu vector kernels for x86-64 with AVX-512 (F, BW, VL, DQ) + FMA. Chosen at run
-// time only on CPUs that have them (group_norm_silu.cpp). See group_norm_silu_kernel.h.
+// group_norm_silu vector kernels for x86-64 with AVX-512 (F, BW, VL, DQ) + FMA.
+// Chosen at run time only on CPUs that have them (group_norm_silu.cpp). See group_norm_silu_kernel.h.
 #include "group_norm_silu.h"
 
 #if ASCAN_GN_X86_KERNELS
-#pragma GCC push_options
-// Warnings GCC gives inside ATen's vector headers when they are compiled under a target
-// pragma (a lambda-to-pointer conversion ABI note, a false maybe-uninitialized).
-#pragma GCC diagnostic ignored "-Wpsabi"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-// The instruction set of ATen's own AVX512 kernels, for everything below (it must
-// precede every other include).
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
-#include "isa_avx2_macros.h"  // the AVX2-level feature macros sleef.h needs under the pragma
-// ... and the AVX-512 ones, for sleef's AVX-512 declarations.
-#ifndef __AVX512F__
-#define __AVX512F__ 1
-#endif
-#ifndef __AVX512BW__
-#define __AVX512BW__ 1
-#endif
-#ifndef __AVX512VL__
-#define __AVX512VL__ 1
-#endif
-#ifndef __AVX512DQ__
-#define __AVX512DQ__ 1
-#endif
-#define ASCAN_ISA avx512
-#define CPU_CAPABILITY AVX512
-#define CPU_CAPABILITY_AVX512
+#include "isa_avx512_begin.h"
 #include "group_norm_silu_kernel.h"
 #pragma GCC pop_options
 #endif
