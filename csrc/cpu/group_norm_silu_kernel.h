@@ -30,54 +30,17 @@
 #include <tuple>
 
 #include "group_norm_silu.h"
+#include "vec_io_kernel.h"
 
 namespace ascan::cpu::gn::ASCAN_ISA {
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
+// Vec, kV, Io<T>, load2/store2, horizontal_sum and keep_first (vec_io_kernel.h).
+using namespace ::ascan::cpu::ASCAN_ISA;
 using BVec = at::vec::Vectorized<c10::BFloat16>;
-constexpr int64_t kV = Vec::size();
 // Elements handled per step: two float vectors, i.e. one bfloat16 vector.
 constexpr int64_t kStep = 2 * kV;
 static_assert(BVec::size() == kStep, "a bfloat16 vector must widen to two float vectors");
-
-// Loads / stores of one step as two float vectors. The count overloads serve a tail
-// (0 < n < kStep): lanes at index >= n load as 0 and are not stored.
-inline void load2(const float* p, Vec& a, Vec& b) {
-  a = Vec::loadu(p);
-  b = Vec::loadu(p + kV);
-}
-inline void load2(const float* p, int64_t n, Vec& a, Vec& b) {
-  a = Vec::loadu(p, n < kV ? n : kV);
-  b = n > kV ? Vec::loadu(p + kV, n - kV) : Vec(0.f);
-}
-inline void load2(const c10::BFloat16* p, Vec& a, Vec& b) {
-  std::tie(a, b) = at::vec::convert_to_float<c10::BFloat16>(BVec::loadu(p));
-}
-inline void load2(const c10::BFloat16* p, int64_t n, Vec& a, Vec& b) {
-  std::tie(a, b) = at::vec::convert_to_float<c10::BFloat16>(BVec::loadu(p, static_cast<int>(n)));
-}
-inline void store2(float* p, const Vec& a, const Vec& b) {
-  a.store(p);
-  b.store(p + kV);
-}
-inline void store2(float* p, int64_t n, const Vec& a, const Vec& b) {
-  a.store(p, static_cast<int>(n < kV ? n : kV));
-  if (n > kV) b.store(p + kV, static_cast<int>(n - kV));
-}
-inline void store2(c10::BFloat16* p, const Vec& a, const Vec& b) {
-  at::vec::convert_from_float<c10::BFloat16>(a, b).store(p);
-}
-inline void store2(c10::BFloat16* p, int64_t n, const Vec& a, const Vec& b) {
-  at::vec::convert_from_float<c10::BFloat16>(a, b).store(p, static_cast<int>(n));
-}
-
-inline float horizontal_sum(const Vec& v) {
-  return at::vec::vec_reduce_all<float>([](Vec& p, Vec& q) { return p + q; }, v);
-}
-
-// Zero the lanes at index >= n (0 <= n <= kV).
-inline Vec keep_first(const Vec& v, int64_t n) { return Vec::set(Vec(0.f), v, n); }
 
 // silu(z) = z / (1 + exp(-z)). exp_u20 is ATen's fast exp (about 20 ulp, ~2e-6 relative:
 // far below bfloat16's step and within float32's test tolerance); it saturates for
