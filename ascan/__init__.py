@@ -5,6 +5,8 @@
     unet = build_model("ascan_unet_c2i_s", num_classes=1000).eval()
     latents = generate(unet, y=torch.tensor([207, 360]), steps=50, guidance_scale=4.0, seed=0)
 """
+from ascan_kernels._version import __version__
+
 from . import models as _models  # noqa: F401  (registers every model)
 from . import unet as _unet  # noqa: F401  (registers the UNets)
 from . import segmentation as _segmentation  # noqa: F401  (registers the segmenters)
@@ -15,6 +17,6 @@ from .sampling import generate
 from .segmentation import AsCANSegmenter
 from .unet import UNET_CONFIGS, AsCANUNet, UNetConfig
 
-__all__ = ["AsCAN", "AsCANConfig", "CONFIGS", "build_model", "list_models", "register_model",
+__all__ = ["__version__", "AsCAN", "AsCANConfig", "CONFIGS", "build_model", "list_models", "register_model",
            "AsCANUNet", "UNetConfig", "UNET_CONFIGS", "generate",
            "AsCANSegmenter"]

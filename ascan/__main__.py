@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: python -m ascan COMMAND [options]
+USAGE = """usage: python -m ascan [COMMAND] [options]
+
+with no command: build ascan_t fused and eager, check they agree, time both, show the kernels
+that ran (`python -m ascan demo --help` for its options)
 
 commands:
+  demo      the above, with options (--model, --batch, --size, --runs)
   bench     latency of the classifiers (eager, fused, compile) and timm peers; table, JSON, PNG
   claims    the paper's headline claims next to what is measured or computed here
   variants  parameters and MACs of every classifier variant (the README's table)
@@ -14,11 +18,13 @@ commands:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(USAGE)
-        return 0 if argv else 2
-    cmd, rest = argv[0], argv[1:]
-    if cmd == "bench":
+        return 0
+    cmd, rest = (argv[0], argv[1:]) if argv else ("demo", [])
+    if cmd == "demo":
+        from .demo import main as run
+    elif cmd == "bench":
         from .bench import main as run
     elif cmd == "claims":
         from .claims import main as run

@@ -18,6 +18,8 @@ import sys
 
 import torch
 
+from .bench import _HelpFormatter
+
 NEEDS_TRAINING = "not measured: needs trained weights (no checkpoints exist for our configs) and GPU-weeks"
 
 
@@ -45,18 +47,43 @@ def _params(name: str, **kw) -> float:
 
 
 def _latency_rows(source: str | None, runs: int) -> list[dict]:
+    """Rows from ``source`` (a bench.json), or measured now: ascan_t eager/fused interleaved,
+    and each timm peer interleaved with ascan_t fused. Warnings (busy machine, incomplete
+    file, peers not timed interleaved) go to stderr."""
+    from .bench import DEFAULT_PEERS, _LoadMeter, machine_info, run_bench, to_json
+
     if source:
         with open(source) as f:
-            return json.load(f)["rows"]
-    from .bench import DEFAULT_PEERS, run_bench, to_json, machine_info
-
+            data = json.load(f)
+        machine = data.get("machine", {})
+        if data.get("complete") is False:
+            print(f"WARNING: {source} is incomplete (the bench run was "
+                  f"{'interrupted' if data.get('interrupted') else 'still running or killed'}): "
+                  f"{len(data['rows'])} row(s)", file=sys.stderr)
+        if machine.get("busy"):
+            print(f"WARNING: {source} was measured on a busy machine (load average "
+                  f"{machine.get('load_avg_start')} at start, {machine.get('load_avg_end')} at end, "
+                  f"{machine.get('threads')} threads): its timings are unreliable", file=sys.stderr)
+        return data["rows"]
     try:
         import timm  # noqa: F401
         peers = list(DEFAULT_PEERS)
     except ImportError:
         peers = []
-    rows = run_bench(["ascan_t"], ["fp32"], [1], 224, torch.device("cpu"), runs, max(2, runs // 4), False, peers)
-    return to_json(rows, machine_info(torch.device("cpu")), {})["rows"]
+    device = torch.device("cpu")
+    info = machine_info(device)
+    meter = _LoadMeter(info)
+    meter.start()
+    rows = run_bench(["ascan_t"], ["fp32"], [1], 224, device, runs, max(2, runs // 4), False, peers,
+                     ref_model="ascan_t")
+    meter.end()
+    return to_json(rows, info, {})["rows"]
+
+
+def _timing(d):
+    from .bench import Timing
+
+    return Timing.from_dict(d)
 
 
 def claims_table(rows: list[dict] | None) -> str:
@@ -76,20 +103,29 @@ def claims_table(rows: list[dict] | None) -> str:
     out.append(("text-to-image", "GenEval 0.64",
                 f"ascan_unet_t2i_xl: {_params('ascan_unet_t2i_xl') / 1e3:.2f}B params", NEEDS_TRAINING))
     if rows:
+        from .bench import verdict
+
         ours = next((r for r in rows if r["model"] == "ascan_t" and r.get("fused")), None)
         if ours:
-            f_ms, e_ms = ours["fused"]["median_ms"], ours["eager"]["median_ms"]
+            fused, eager = _timing(ours["fused"]), _timing(ours["eager"])
+            v = verdict(fused, eager)
             out.append(("fused kernels (this package)", "-",
-                        f"ascan_t {ours['dtype']} b{ours['batch']}: fused {f_ms:.1f} ms vs eager {e_ms:.1f} ms "
-                        f"({e_ms / f_ms:.2f}x)", "measured"))
+                        f"ascan_t {ours['dtype']} b{ours['batch']}: fused {fused.cell()} ms vs eager "
+                        f"{eager.cell()} ms, median [IQR] ({v.ratio:.2f}x), timed interleaved",
+                        "fused faster than eager: " + v.text))
             for p in rows:
                 if p["kind"] != "peer" or p.get("note") or p["dtype"] != ours["dtype"] or p["batch"] != ours["batch"]:
                     continue
-                ratio = p["eager"]["median_ms"] / f_ms
+                peer = _timing(p["eager"])
+                if p.get("ref") and p.get("ref_model") == "ascan_t":
+                    mine, how = _timing(p["ref"]), "timed interleaved"
+                else:       # an older bench.json, or --ref another model: separate runs, less reliable
+                    mine, how = fused, "timed in separate runs: less reliable"
+                v = verdict(mine, peer)
                 out.append((f"faster than {p['model']}", "faster inference than efficient-attention peers",
-                            f"{p['model']} {p['eager']['median_ms']:.1f} ms ({p['params_m']:.1f}M) vs ascan_t "
-                            f"{f_ms:.1f} ms ({ours['params_m']:.1f}M): {ratio:.2f}x",
-                            "holds here" if ratio > 1 else "does not hold here"))
+                            f"{p['model']} {peer.cell()} ms ({p['params_m']:.1f}M) vs ascan_t fused "
+                            f"{mine.cell()} ms ({ours['params_m']:.1f}M): {v.ratio:.2f}x, {how}",
+                            v.text))
         out.append(("latency on the paper's GPU", "GPU latency (setup not available)",
                     "this run: " + ("CUDA" if torch.cuda.is_available() else "CPU only, no GPU in this machine"),
                     "needs a GPU" if not torch.cuda.is_available() else "see rows above"))
@@ -106,12 +142,18 @@ def _has(name: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ascan claims", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m ascan claims", description=__doc__.split("\n\n")[0],
+                                 formatter_class=_HelpFormatter)
     ap.add_argument("--from", dest="source", help="bench.json from `python -m ascan bench --out DIR` "
-                                                  "instead of measuring now")
-    ap.add_argument("--runs", type=int, default=10, help="timed runs per model when measuring now")
+                                                  "instead of measuring now (default: measure now, ascan_t "
+                                                  "fp32 batch 1 at 224^2 on the CPU, each peer timed "
+                                                  "interleaved with it)")
+    ap.add_argument("--runs", type=int, default=10, help="timed rounds per comparison when measuring now "
+                                                         "(verdicts need >= 3)")
     ap.add_argument("--no-measure", action="store_true", help="skip latency (computed claims only)")
     args = ap.parse_args(argv)
+    if args.runs < 1:
+        ap.error("--runs must be >= 1")
     rows = None if args.no_measure else _latency_rows(args.source, args.runs)
     print(claims_table(rows))
     return 0

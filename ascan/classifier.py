@@ -6,6 +6,7 @@ import torch.nn as nn
 
 import ascan_kernels as K
 
+from .checks import check_batch_norm_batch, check_image
 from .config import AsCANConfig
 from .layers import CBlock, ConvBN, TBlock
 
@@ -80,13 +81,8 @@ class AsCAN(nn.Module):
         self.apply(_init_weights)
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_chans:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{self.cfg.name}: expected input (B, {self.in_chans}, H, W), got {got}")
-        if not x.is_floating_point():
-            raise TypeError(f"{self.cfg.name}: expected a floating-point input, got {x.dtype}")
-        if x.shape[2] < 32 or x.shape[3] < 32:
-            raise ValueError(f"{self.cfg.name}: input {tuple(x.shape[2:])} is smaller than the total stride 32")
+        check_image(self.cfg.name, x, self.in_chans, self, min_size=32)
+        check_batch_norm_batch(self.cfg.name, x, 32, self)
 
     def forward_features(self, x: torch.Tensor, return_stages: bool = False):
         """(B, in_chans, H, W) -> (B, dims[-1], H/32, W/32); with ``return_stages`` the list

@@ -77,11 +77,17 @@ class ConvBN(nn.Module):
         return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (weight, bias) of conv with inference BN folded in, float32, cached."""
+        """The (weight, bias) of conv with inference BN folded in, float32, cached.
+
+        The fold is made outside inference mode, so a first call under
+        ``torch.inference_mode()`` caches tensors that later calls under ``no_grad`` (or
+        with grad enabled) can use. Parameters that are themselves inference tensors (a
+        model built under inference mode) have no version counter: in-place changes to
+        them inside inference mode are not seen; call ``invalidate_fold()`` after those."""
         params = (self.conv.weight, self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var)
-        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in params) + (self.bn.eps,)
+        key = tuple((t.data_ptr(), K.version_key(t), t.device, t.dtype) for t in params) + (self.bn.eps,)
         if key != self._fold_key:
-            with torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad():  # this order: inference_mode(False) enables grad
                 self._folded = K.fold_bn(self.conv.weight, self.conv.bias, self.bn.weight, self.bn.bias,
                                          self.bn.running_mean, self.bn.running_var, self.bn.eps)
             self._fold_key = key

@@ -1,7 +1,9 @@
 """The model registry: names -> constructors, ``build_model`` and ``list_models``."""
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import inspect
 from typing import Callable
 
 import torch.nn as nn
@@ -35,5 +37,18 @@ def build_model(name: str, fused: bool = True, **kwargs) -> nn.Module:
     try:
         fn = _MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
+        close = difflib.get_close_matches(str(name), list_models(), n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}{hint}") from None
+    if not isinstance(fused, bool):
+        raise TypeError(f"build_model({name!r}): fused must be True or False, got {fused!r}")
+    accepted = [p for p in inspect.signature(fn).parameters if p != "fused"]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, accepted, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise TypeError(f"build_model({name!r}): unknown argument {', '.join(hints)}; "
+                        f"{name} accepts {', '.join(accepted)}")
     return fn(fused=fused, **kwargs)

@@ -46,6 +46,11 @@ def generate(model, batch_size: int | None = None, latent_size: int | tuple[int,
     p = next(model.parameters())
     device, dtype = p.device, dtype or p.dtype
     c2i = model.num_classes is not None
+    if c2i and (context is not None or context_mask is not None or null_context is not None):
+        raise ValueError(f"generate: {model.cfg.name} is class-conditional: pass y (class ids), "
+                         "not context/context_mask/null_context")
+    if not c2i and y is not None:
+        raise ValueError(f"generate: {model.cfg.name} is text-to-image: pass context (and context_mask), not y")
     cond = y if c2i else context
     if cond is None:
         raise ValueError(f"generate: {model.cfg.name} needs {'y (class ids)' if c2i else 'context'}")

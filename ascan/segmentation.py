@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import check_image
 from .classifier import AsCAN, _init_weights
 from .config import CONFIGS, AsCANConfig
 from .layers import ConvBN
@@ -140,14 +141,7 @@ class AsCANSegmenter(nn.Module):
         self.decode_head.apply(_init_weights)
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_chans:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{self.name}: expected input (B, {self.in_chans}, H, W), got {got}")
-        if not x.is_floating_point():
-            raise TypeError(f"{self.name}: expected a floating-point input, got {x.dtype}")
-        H, W = x.shape[-2:]
-        if H % 32 or W % 32 or H == 0 or W == 0:
-            raise ValueError(f"{self.name}: input height and width must be multiples of 32, got ({H}, {W})")
+        check_image(self.name, x, self.in_chans, self, multiple=32, min_size=32)
         if self.training and x.shape[0] < 2:
             raise ValueError(f"{self.name}: training needs batch >= 2 (BatchNorm on the PPM's 1x1 pooled "
                              f"branch sees one value per channel), got batch {x.shape[0]}")
@@ -163,11 +157,20 @@ class AsCANSegmenter(nn.Module):
         # and both models return the same (contiguous) layout.
         return _resize(logits.contiguous(), x.shape[-2:])
 
-    def load_backbone(self, state_dict: dict[str, torch.Tensor]) -> None:
+    def load_backbone(self, state_dict: dict[str, torch.Tensor], strict: bool = True):
         """Load a classifier (``build_model(cfg.name)``) state_dict into the backbone,
-        ignoring its classification head; strict about everything else."""
+        ignoring its classification head (``norm.*``, ``head.*``).
+
+        Returns ``load_state_dict``'s ``(missing_keys, unexpected_keys)``. With
+        ``strict=True`` any other mismatch raises a ``RuntimeError`` naming the model
+        and the keys (a checkpoint of another variant, say)."""
         skip = ("norm.", "head.")
-        self.backbone.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith(skip)})
+        kept = {k: v for k, v in state_dict.items() if not k.startswith(skip)}
+        try:
+            return self.backbone.load_state_dict(kept, strict=strict)
+        except RuntimeError as e:
+            raise RuntimeError(f"{self.name}.load_backbone: the state_dict does not fit the {self.cfg.name} "
+                               f"backbone: {e}") from None
 
 
 def _segmenter(cfg: AsCANConfig):

@@ -45,7 +45,14 @@ import torch.nn.functional as F
 
 import ascan_kernels as K
 
+from .checks import check_matches_model
 from .registry import register_model
+
+
+def _tracing() -> bool:
+    """True while torch.compile or torch.export traces (data-dependent Python is off-limits)."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return torch.compiler.is_compiling() or exporting()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,23 +293,29 @@ class AsCANUNet(nn.Module):
         if not isinstance(latents, torch.Tensor) or latents.dim() != 4 or latents.shape[1] != cfg.in_channels:
             got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
             raise ValueError(f"{name}: expected latents (B, {cfg.in_channels}, H, W), got {got}")
-        if not latents.is_floating_point():
-            raise TypeError(f"{name}: latents must be floating point, got {latents.dtype}")
+        check_matches_model(name, "latents", latents, self)
         B, _, H, W = latents.shape
         if H % 4 or W % 4 or H == 0 or W == 0:
             raise ValueError(f"{name}: latent height and width must be positive multiples of 4, got {(H, W)}")
         if not isinstance(t, torch.Tensor) or t.shape != (B,):
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"{name}: expected timesteps t of shape ({B},), got {got}")
+        if t.device != latents.device:
+            raise ValueError(f"{name}: timesteps are on {t.device}, latents on {latents.device}")
         if self.class_embed is not None:
-            if context is not None:
-                raise ValueError(f"{name}: a class-conditional UNet takes y, not a context")
+            if context_mask is not None:
+                raise ValueError(f"{name}: a class-conditional UNet takes no context_mask (it has no context)")
             if not isinstance(y, torch.Tensor) or y.shape != (B,) or y.dtype not in (torch.int64, torch.int32):
                 got = (tuple(y.shape), y.dtype) if isinstance(y, torch.Tensor) else type(y).__name__
                 raise ValueError(f"{name}: expected class ids y of shape ({B},) and integer dtype, got {got}")
-            # value check on the CPU only: on an accelerator it would cost a host sync per
-            # step (and nn.Embedding asserts on out-of-range ids there anyway)
-            if y.numel() and y.device.type == "cpu" and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
+            if y.device != latents.device:
+                raise ValueError(f"{name}: class ids are on {y.device}, latents on {latents.device}")
+            # The value check reads the ids: on the CPU only (on an accelerator it would cost
+            # a host sync per step, and nn.Embedding checks the range there itself), and not
+            # while torch.compile / torch.export trace (a data-dependent branch has no graph;
+            # the traced embedding lookup keeps its own bounds check).
+            if y.numel() and y.device.type == "cpu" and not _tracing() and \
+                    (int(y.min()) < 0 or int(y.max()) > self.num_classes):
                 raise ValueError(f"{name}: class ids must be in [0, {self.num_classes}] "
                                  f"({self.num_classes} = null class), got range [{int(y.min())}, {int(y.max())}]")
         else:
@@ -310,9 +323,13 @@ class AsCANUNet(nn.Module):
                     or context.shape[2] != cfg.context_dim:
                 got = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
                 raise ValueError(f"{name}: expected context (B={B}, L, context_dim={cfg.context_dim}), got {got}")
-            if context_mask is not None and (context_mask.shape != context.shape[:2] or context_mask.dtype != torch.bool):
-                raise ValueError(f"{name}: context_mask must be bool of shape {tuple(context.shape[:2])}, "
-                                 f"got {tuple(context_mask.shape)} {context_mask.dtype}")
+            check_matches_model(name, "context", context, self)
+            if context_mask is not None and (not isinstance(context_mask, torch.Tensor)
+                                             or context_mask.shape != context.shape[:2]
+                                             or context_mask.dtype != torch.bool):
+                got = ((tuple(context_mask.shape), context_mask.dtype) if isinstance(context_mask, torch.Tensor)
+                       else type(context_mask).__name__)
+                raise ValueError(f"{name}: context_mask must be bool of shape {tuple(context.shape[:2])}, got {got}")
 
     def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Time (+ class) embedding (B, temb_dim) in the parameters' dtype."""

@@ -10,6 +10,7 @@
 
 Model code calls the functions below; it never imports Triton or the extension.
 """
+from ._version import __version__
 from .registry import (
     Impl,
     KernelUnavailableError,
@@ -42,6 +43,7 @@ from .ops import (
     linear_gelu_reference,
 )
 from . import registry as _registry
+from ._checks import version_key
 
 from .triton import register_all as _register_triton
 
@@ -50,8 +52,9 @@ from .cuda import register_all as _register_cuda; _register_cuda()
 _registry.validate_env_overrides()
 
 __all__ = [
+    "__version__",
     "Impl", "KernelUnavailableError", "Op", "Trace", "TraceRecord",
-    "available", "get_op", "list_ops", "set_fallback_logging", "trace", "use",
+    "available", "get_op", "version_key", "list_ops", "set_fallback_logging", "trace", "use",
     "add_layer_norm", "attention", "conv_bn", "conv_bn_add", "conv_bn_gelu", "fold_bn", "group_norm_silu", "group_norm_silu_reference",
     "layer_norm", "linear_add", "linear_gelu", "linear_add_reference",
     "add_layer_norm_reference", "attention_reference", "layer_norm_reference", "linear_gelu_reference",

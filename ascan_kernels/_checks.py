@@ -56,6 +56,15 @@ def same_dtype(op: str, **tensors) -> None:
         fail(op, "dtypes must match, got " + ", ".join(f"{n}={d}" for n, d in dts.items()), TypeError)
 
 
+def param_dtype(op: str, name: str, p: torch.Tensor, x: torch.Tensor) -> None:
+    """A norm's affine parameter must have x's dtype, or be float32 for a float16/bfloat16 x
+    (the mixed precision PyTorch's CPU and CUDA norms support)."""
+    if p.dtype == x.dtype or (p.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)):
+        return
+    fail(op, f"{name} is {p.dtype} but x is {x.dtype}: parameters must have x's dtype "
+             "(or be float32 for a float16/bfloat16 x)", TypeError)
+
+
 def shape(op: str, name: str, t: torch.Tensor | None, expected: tuple[int, ...]) -> None:
     if t is not None and tuple(t.shape) != tuple(expected):
         fail(op, f"{name} must have shape {tuple(expected)}, got {tuple(t.shape)}")
@@ -76,3 +85,21 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
     if autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return t.dtype
+
+
+def residual_needs_promotion(compute: torch.dtype, residual: torch.Tensor | None) -> bool:
+    """Whether ``y + residual`` with ``y`` in ``compute`` promotes to another dtype.
+
+    Under autocast eager PyTorch computes a conv/GEMM in bfloat16 and then adds an fp32
+    residual in fp32, returning fp32. A fused impl whose epilogue adds in the compute
+    dtype would return bfloat16; impls use this to add such a residual after the
+    kernel instead, so they return what the reference returns."""
+    return residual is not None and torch.promote_types(compute, residual.dtype) != compute
+
+
+def version_key(t: torch.Tensor) -> int | None:
+    """``t._version`` for cache keys, or None for an inference tensor (made under
+    ``torch.inference_mode()``), which has no version counter. Such a tensor can only
+    be changed in place inside inference mode, and then nothing can see it: callers
+    that cache on a None key say so."""
+    return None if t.is_inference() else t._version

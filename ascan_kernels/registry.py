@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 import os
 from typing import Any, Callable, Iterator, Sequence
@@ -65,7 +66,10 @@ class Impl:
     these inputs (e.g. it was measured slower than the next impl at such shapes) -
     a forced impl skips that last check. Each returns ``None`` for yes and a reason
     string for no. ``autograd`` says whether ``fn`` is differentiable; impls without
-    it are skipped whenever an input requires grad.
+    it are skipped whenever an input requires grad. ``devices`` (device types such as
+    ``("cpu",)``; None = any) is checked first: an impl for another device than the
+    input's is skipped without asking it anything, and such a skip is never logged
+    (nothing a user could act on).
     """
 
     name: str
@@ -76,15 +80,19 @@ class Impl:
     autograd: bool = False
     prefer: Check | None = None
     doc: str = ""
+    devices: tuple[str, ...] | None = None
 
 
 class Op:
     """A named op with an eager reference and prioritised fused implementations."""
 
     def __init__(self, name: str, reference: Callable[..., Any], doc: str = "",
-                 validate: Callable[..., None] | None = None):
+                 validate: Callable[..., None] | None = None, autocast: bool = False):
         self.name = name
         self.doc = doc
+        # Whether autocast casts this op's inputs (convs, GEMMs, attention) or leaves
+        # them in their dtype (norms): decides the compute dtype traces report.
+        self.autocast = autocast
         self.reference = reference
         # Raises on bad input. It may look only at metadata (shapes, dtypes, devices,
         # non-tensor args), so one check per call signature is enough.
@@ -134,18 +142,32 @@ class Op:
 
     def why_not(self, impl: Impl, args: tuple, kwargs: dict, needs_grad: bool) -> str | None:
         """Why ``impl`` cannot run these inputs, or None if it can."""
+        return self._why_not(impl, args, kwargs, needs_grad)[0]
+
+    def _why_not(self, impl: Impl, args: tuple, kwargs: dict, needs_grad: bool) -> tuple[str | None, bool]:
+        """(reason or None, whether the reason is worth logging)."""
+        if impl.devices is not None:
+            dev = _first_device(args, kwargs)
+            if dev is not None and dev not in impl.devices:
+                return f"device {dev}: this impl takes {'/'.join(impl.devices)} tensors", False
         reason = self.availability(impl)
         if reason is not None:
-            return reason
+            return reason, True
         if needs_grad and not impl.autograd:
-            return "inputs require grad and this impl has no backward"
+            return "inputs require grad and this impl has no backward", False
         if impl.supports is not None:
-            return impl.supports(*args, **kwargs)
-        return None
+            reason = impl.supports(*args, **kwargs)
+            return reason, reason is not None
+        return None, False
 
     # -- dispatch ---------------------------------------------------------------------
     def select(self, args: tuple, kwargs: dict) -> tuple[Impl, tuple[tuple[str, str], ...]]:
         """Pick the impl for these inputs. Returns (impl, ((skipped_name, reason), ...))."""
+        impl, skipped, _forced, _quiet = self._select(args, kwargs)
+        return impl, skipped
+
+    def _select(self, args: tuple, kwargs: dict) -> tuple[Impl, tuple[tuple[str, str], ...], bool, frozenset[str]]:
+        """(impl, skipped (name, reason) pairs, forced?, names of skips not worth logging)."""
         needs_grad = torch.is_grad_enabled() and any(
             isinstance(a, torch.Tensor) and a.requires_grad for a in _flat_tensors(args, kwargs)
         )
@@ -155,22 +177,40 @@ class Op:
             reason = self.why_not(impl, args, kwargs, needs_grad)
             if reason is not None:
                 raise KernelUnavailableError(
-                    f"{self.name}: impl {forced!r} was forced but cannot run these inputs: {reason}"
-                )
-            return impl, ()
+                    f"{self.name}: impl {forced!r} was forced but cannot run these inputs: {reason}\n"
+                    + self.explain(args, kwargs))
+            return impl, (), True, frozenset()
         skipped: list[tuple[str, str]] = []
+        quiet: set[str] = set()
         for impl in self._impls:
             if impl.name in forbidden:
                 skipped.append((impl.name, "forbidden by use()/ASCAN_KERNELS"))
                 continue
-            reason = None if impl.name == EAGER else self.why_not(impl, args, kwargs, needs_grad)
+            reason, loud = (None, False) if impl.name == EAGER else self._why_not(impl, args, kwargs, needs_grad)
             if reason is None and impl.prefer is not None:
                 why = impl.prefer(*args, **kwargs)
-                reason = None if why is None else f"not preferred: {why}"
+                reason, loud = (None, False) if why is None else (f"not preferred: {why}", False)
             if reason is None:
-                return impl, tuple(skipped)
+                return impl, tuple(skipped), False, frozenset(quiet)
             skipped.append((impl.name, reason))
+            if not loud:
+                quiet.add(impl.name)
         raise AssertionError("unreachable: eager always accepts")  # pragma: no cover
+
+    def explain(self, args: tuple, kwargs: dict) -> str:
+        """The inputs and every impl's verdict on them, for error messages."""
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in _flat_tensors(args, kwargs))
+        try:  # name the arguments after the reference's parameters
+            bound = inspect.signature(self.reference).bind(*args, **kwargs)
+            named = dict(bound.arguments)
+            args, kwargs = (), named
+        except (TypeError, ValueError):
+            pass
+        lines = [f"  inputs: {describe_inputs(args, kwargs)}" + ("; requires grad" if needs_grad else "")]
+        for impl in self._impls:
+            reason = None if impl.name == EAGER else self.why_not(impl, args, kwargs, needs_grad)
+            lines.append(f"  {impl.name}: {reason or 'can run these inputs'}")
+        return "\n".join(lines)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if torch.compiler.is_compiling():
@@ -178,7 +218,7 @@ class Op:
             # logging here would be a side effect Dynamo has to replay.
             if self.validate is not None:
                 self.validate(*args, **kwargs)
-            impl, _ = self.select(args, kwargs)
+            impl = self._select(args, kwargs)[0]
             return impl.fn(*args, **kwargs)
         # Validation and selection depend only on the call's signature: memoise both.
         key = _cache_key(self.name, args, kwargs)
@@ -186,18 +226,18 @@ class Op:
         if hit is None:
             if self.validate is not None:
                 self.validate(*args, **kwargs)
-            hit = self.select(args, kwargs)
+            hit = self._select(args, kwargs)
             if key is not None:
                 if len(_SELECT_CACHE) >= _SELECT_CACHE_MAX:
                     _SELECT_CACHE.clear()
                 _SELECT_CACHE[key] = hit
-        impl, skipped = hit
+        impl, skipped, forced, quiet = hit
         if _ACTIVE_TRACES:
-            rec = TraceRecord.of(self.name, impl.name, skipped, args, kwargs)
+            rec = TraceRecord.of(self.name, impl.name, skipped, args, kwargs, forced=forced)
             for t in _ACTIVE_TRACES:
                 t.records.append(rec)
         if skipped and _LOG_FALLBACKS:
-            _log_fallback(self.name, impl.name, skipped)
+            _log_fallback(self.name, impl.name, tuple(s for s in skipped if s[0] not in quiet))
         return impl.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
@@ -211,7 +251,7 @@ _OPS: dict[str, Op] = {}
 
 
 def register_op(name: str, reference: Callable[..., Any], doc: str = "",
-                validate: Callable[..., None] | None = None) -> Op:
+                validate: Callable[..., None] | None = None, autocast: bool = False) -> Op:
     """Create and register an op whose eager reference is ``reference``.
 
     ``validate`` (same arguments as the reference) raises on bad input; it must depend
@@ -219,7 +259,7 @@ def register_op(name: str, reference: Callable[..., Any], doc: str = "",
     """
     if name in _OPS:
         raise ValueError(f"op {name!r} is already registered")
-    op = Op(name, reference, doc, validate)
+    op = Op(name, reference, doc, validate, autocast)
     _OPS[name] = op
     return op
 
@@ -250,7 +290,7 @@ def available(op: str | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 # Selection cache: selection depends only on metadata, so memoise it per signature.
 # ---------------------------------------------------------------------------------------
-_SELECT_CACHE: dict[tuple, tuple[Impl, tuple[tuple[str, str], ...]]] = {}
+_SELECT_CACHE: dict[tuple, tuple[Impl, tuple[tuple[str, str], ...], bool, frozenset[str]]] = {}
 _SELECT_CACHE_MAX = 4096
 
 
@@ -266,6 +306,27 @@ def _flat_tensors(args: tuple, kwargs: dict) -> Iterator[torch.Tensor]:
             for b in a:
                 if isinstance(b, torch.Tensor):
                     yield b
+
+
+def _first_device(args: tuple, kwargs: dict) -> str | None:
+    for t in _flat_tensors(args, kwargs):
+        return t.device.type
+    return None
+
+
+def describe_inputs(args: tuple, kwargs: dict) -> str:
+    """``"(2, 3, 8, 8) float32 cpu, (4, 3, 3, 3) float32 cpu, stride=(1, 1), ..."``."""
+    def one(a: Any) -> str:
+        if isinstance(a, torch.Tensor):
+            layout = "" if a.is_contiguous() else (
+                " channels_last" if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last)
+                else f" strides {a.stride()}")
+            return f"{tuple(a.shape)} {_fmt_dtype(a.dtype)} {a.device}{layout}"
+        if type(a) in (tuple, list) and any(isinstance(b, torch.Tensor) for b in a):
+            return "[" + ", ".join(one(b) for b in a) + "]"
+        return repr(a)
+    parts = [one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()]
+    return ", ".join(parts)
 
 
 def _describe(a: Any) -> Any:
@@ -331,14 +392,22 @@ def _validate_names(op: str, forced: str | None, forbidden: frozenset[str]) -> N
 
 
 def parse_env(value: str) -> dict[str, tuple[str | None, frozenset[str]]]:
-    """Parse ``ASCAN_KERNELS="attention=eager,conv_bn_gelu=!cpu|!triton,*=eager"``."""
+    """Parse ``ASCAN_KERNELS="attention=eager,conv_bn_gelu=!cpu|!triton,*=eager"``.
+
+    A bare impl spec applies to every op, as ``use("eager")`` does: ``ASCAN_KERNELS=eager``
+    is ``*=eager``, ``ASCAN_KERNELS=!triton`` forbids Triton everywhere."""
+    impl_names = {i.name for o in _OPS.values() for i in o.impls} | {EAGER}
     out: dict[str, tuple[str | None, frozenset[str]]] = {}
     for item in value.split(","):
         item = item.strip()
         if not item:
             continue
         if "=" not in item:
-            raise ValueError(f"ASCAN_KERNELS: expected op=impl, got {item!r}")
+            names = [p.strip().lstrip("!") for p in item.split("|")]
+            if not all(n in impl_names for n in names):
+                raise ValueError(f"ASCAN_KERNELS: expected op=impl, or an impl for every op "
+                                 f"({', '.join(sorted(impl_names))}), got {item!r}")
+            item = f"{ALL_OPS}={item}"
         op, spec = (s.strip() for s in item.split("=", 1))
         out[op] = _parse_spec(op, spec)
     return out
@@ -390,10 +459,14 @@ def use(_all: str | None = None, **ops: str | Sequence[str]) -> Iterator[None]:
         _OVERRIDE_VERSION[0] += 1
 
 
+_ENV_LAYER: dict = {}
+
+
 def _load_env_overrides() -> None:
     value = os.environ.get("ASCAN_KERNELS", "")
     if value:
-        _OVERRIDES.insert(0, parse_env(value))
+        _ENV_LAYER.update(parse_env(value))
+        _OVERRIDES.insert(0, _ENV_LAYER)
         _OVERRIDE_VERSION[0] += 1
 
 
@@ -406,15 +479,19 @@ class TraceRecord:
     impl: str
     skipped: tuple[tuple[str, str], ...]
     shapes: tuple[tuple[int, ...], ...]
+    # The dtype the op computes in: autocast's for the ops autocast casts (convs, GEMMs,
+    # attention), else the first input's.
     dtype: torch.dtype | None
     device: str | None
     grad: bool
     # Every argument, tensors as (shape, dtype) and other values as given (None kept),
     # for tools that need the full call (e.g. the roofline report).
     args: tuple = ()
+    forced: bool = False
+    input_dtype: torch.dtype | None = None
 
     @classmethod
-    def of(cls, op: str, impl: str, skipped, args: tuple, kwargs: dict) -> "TraceRecord":
+    def of(cls, op: str, impl: str, skipped, args: tuple, kwargs: dict, forced: bool = False) -> "TraceRecord":
         tensors = list(_flat_tensors(args, kwargs))
         first = tensors[0] if tensors else None
         return cls(
@@ -422,17 +499,34 @@ class TraceRecord:
             impl=impl,
             skipped=skipped,
             shapes=tuple(tuple(t.shape) for t in tensors[:2]),
-            dtype=first.dtype if first is not None else None,
+            dtype=_compute_dtype(op, first),
             device=str(first.device) if first is not None else None,
             grad=torch.is_grad_enabled() and any(t.requires_grad for t in tensors),
             args=tuple(_arg_summary(a) for a in args),
+            forced=forced,
+            input_dtype=first.dtype if first is not None else None,
         )
 
     @property
     def why(self) -> str:
+        if self.forced:
+            return "forced by use()/ASCAN_KERNELS"
         if not self.skipped:
             return "highest-priority impl that accepts"
         return "; ".join(f"{n}: {r}" for n, r in self.skipped)
+
+
+def _compute_dtype(op: str, t: torch.Tensor | None) -> torch.dtype | None:
+    if t is None:
+        return None
+    o = _OPS.get(op)
+    if o is not None and o.autocast and t.is_floating_point():
+        try:
+            if torch.is_autocast_enabled(t.device.type):
+                return torch.get_autocast_dtype(t.device.type)
+        except RuntimeError:  # a device type without autocast (meta)
+            pass
+    return t.dtype
 
 
 class Trace:
@@ -458,25 +552,43 @@ class Trace:
     def table(self, per_call: bool = False) -> str:
         """A text table: one row per distinct (op, impl, shapes, dtype, why), with a count.
 
-        ``per_call=True`` gives one row per call, in call order.
+        The dtype column is the compute dtype (autocast's where autocast casts the op).
+        Each distinct skip reason is written once, under the table, and rows refer to it
+        by number: ``cuda [1], triton [2]``. ``per_call=True`` gives one row per call, in
+        call order.
         """
+        notes: dict[str, int] = {}
+
+        def why(r: TraceRecord) -> str:
+            if r.forced or not r.skipped:
+                return r.why
+            refs = []
+            for name, reason in r.skipped:
+                n = notes.setdefault(reason, len(notes) + 1)
+                refs.append(f"{name} [{n}]")
+            return ", ".join(refs)
+
         rows: list[tuple[str, ...]] = []
         if per_call:
             for n, r in enumerate(self.records):
-                rows.append((str(n), r.op, r.impl, _fmt_shapes(r.shapes), _fmt_dtype(r.dtype), r.why))
-            header = ("#", "op", "impl", "shapes", "dtype", "why (impls skipped)")
+                rows.append((str(n), r.op, r.impl, _fmt_shapes(r.shapes), _fmt_dtype(r.dtype), why(r)))
+            header = ("#", "op", "impl", "shapes", "dtype", "impls skipped [reason]")
         else:
             counts: dict[tuple, int] = {}
             for r in self.records:
-                k = (r.op, r.impl, _fmt_shapes(r.shapes), _fmt_dtype(r.dtype), r.why)
+                k = (r.op, r.impl, _fmt_shapes(r.shapes), _fmt_dtype(r.dtype), why(r))
                 counts[k] = counts.get(k, 0) + 1
             for k, c in counts.items():
                 rows.append((k[0], k[1], str(c), *k[2:]))
-            header = ("op", "impl", "calls", "shapes", "dtype", "why (impls skipped)")
+            header = ("op", "impl", "calls", "shapes", "dtype", "impls skipped [reason]")
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
         widths[-1] = len(header[-1])  # the reason column is free-form; don't pad it
-        line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
-        return "\n".join([line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
+        line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+        out = [line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows]
+        if notes:
+            out.append("")
+            out += [f"[{n}] {reason}" for reason, n in notes.items()]
+        return "\n".join(out)
 
     def __str__(self) -> str:
         return self.table()
@@ -534,11 +646,11 @@ def _log_fallback(op: str, impl: str, skipped: tuple[tuple[str, str], ...]) -> N
             logger.warning("ascan_kernels: %s ran %r instead of %r: %s", op, impl, name, reason)
 
 
-_load_env_overrides()
-
-
 def validate_env_overrides() -> None:
-    """Check ``ASCAN_KERNELS`` names real ops and impls (called once all ops are registered)."""
+    """Read ``ASCAN_KERNELS`` and check it names real ops and impls (called once all ops
+    are registered, so that a bare impl name can be checked against every op's impls)."""
+    if not any(layer is _ENV_LAYER for layer in _OVERRIDES):
+        _load_env_overrides()
     value = os.environ.get("ASCAN_KERNELS", "")
     for op, (forced, forbidden) in parse_env(value).items():
         if op == ALL_OPS:

@@ -68,6 +68,30 @@ def native_impls(op: str) -> list[str]:
             if s == "ok" and i != "eager" and not (i == "triton" and interpreting())]
 
 
+# The ops whose ``cpu`` impl is oneDNN's fused conv/GEMM (bf16 there needs AVX-512).
+_ONEDNN_OPS = ("conv_bn_gelu", "conv_bn_add", "conv_bn", "linear_gelu", "linear_add")
+
+
+def machine_lacks(op: str, impl: str, dtype: torch.dtype) -> str | None:
+    """Why this machine cannot run ``impl`` of ``op`` in ``dtype`` at all (a missing CPU
+    instruction set), or None. Tests skip such cases with the reason; any other refusal
+    by an impl is a failure."""
+    if impl == "cpu" and op in _ONEDNN_OPS and dtype == torch.bfloat16:
+        from .cpu.onednn import onednn_bf16_reason
+
+        return onednn_bf16_reason()
+    return None
+
+
+def skip_if_machine_lacks(op: str, impl: str, dtype: torch.dtype) -> None:
+    """``pytest.skip`` with the reason when :func:`machine_lacks` says so."""
+    why = machine_lacks(op, impl, dtype)
+    if why:
+        import pytest
+
+        pytest.skip(f"{op}/{impl} in {dtype}: {why}")
+
+
 def fused_eager_pair(make, **kwargs) -> tuple[torch.nn.Module, torch.nn.Module]:
     """``(fused, eager)`` from ``make(fused: bool, **kwargs)`` with identical weights.
 

@@ -15,8 +15,15 @@ isolated build environments).
 So, when ``import torch`` fails in the build process, this module asks the target
 interpreter where its torch lives, with pip's isolation undone for that one query, and
 APPENDS that site-packages directory to ``sys.path``. Appending keeps the build
-environment's own setuptools ahead of the target's. Only when no torch is found anywhere
-does ``get_requires_for_build_*`` ask pip for one, with a loud warning.
+environment's own setuptools ahead of the target's.
+
+When the target has no torch yet (a fresh venv: ``pip install -e ".[test]"`` installs
+torch as a dependency, but only *after* building this package), the build environment
+needs one of its own. It must be the very release the target will get, or the binary
+would be refused at import: so the backend asks the target's pip which torch it would
+install for our ``torch`` requirement (``pip install --dry-run --report``, with the
+user's index, caps and constraints) and requires exactly that version. If that query
+fails (no pip in the target, e.g. uv) it requires the plain range, with a warning.
 
 How pip isolates a build (pip 26): by default (the "virtual" build environment) the
 backend runs under the target interpreter itself, ``sys.executable``, with
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -147,18 +155,57 @@ if not _skip_ext() and not _torch_importable():
              f"(found via {TARGET_TORCH['interpreter']})")
 
 
+def _torch_requirement() -> str:
+    """The ``torch`` entry of pyproject.toml's dependencies (one place states it)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return "torch"
+    m = re.search(r'^dependencies\s*=\s*\[(.*?)\]', text, re.MULTILINE | re.DOTALL)
+    for item in re.findall(r'"([^"]+)"', m.group(1) if m else ""):
+        if re.match(r"torch\b(?![-_.\w])", item.strip()):
+            return item.strip()
+    return "torch"
+
+
+def _version_target_would_install(requirement: str) -> str | None:
+    """The torch version the target's pip resolves ``requirement`` to, or None."""
+    env = {k: v for k, v in os.environ.items() if k not in _ISOLATION_VARS}
+    for python in _candidate_interpreters():
+        cmd = [python, "-m", "pip", "install", "--dry-run", "--quiet", "--no-deps", "--ignore-installed",
+               "--report", "-", requirement]
+        try:
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                                 cwd=os.path.expanduser("~"))
+            report = json.loads(res.stdout) if res.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            report = None
+        for item in (report or {}).get("install", []):
+            meta = item.get("metadata", {})
+            if str(meta.get("name", "")).lower() == "torch" and meta.get("version"):
+                return str(meta["version"])
+    return None
+
+
 def _extra_requires() -> list[str]:
     if _skip_ext():
         return []
     req = ["ninja"]
     if not _torch_importable():
-        _log("WARNING " + "!" * 60)
-        _log("WARNING: no torch found in the target environment. pip will now download torch into the "
-             "isolated build environment (several GB, and not necessarily the torch you will run) and the "
-             "extension will be compiled against THAT torch. Install torch first, or build with "
-             "`pip install --no-build-isolation -e .`, or set ASCAN_SKIP_EXT=1 for a pure-Python install.")
-        _log("WARNING " + "!" * 60)
-        req.append("torch")
+        wanted = _torch_requirement()
+        version = _version_target_would_install(wanted)
+        if version is not None:
+            _log(f"no torch in the target environment yet: compiling against torch=={version}, the release pip "
+                 f"will install there for {wanted!r} (a copy of it goes into the temporary build environment)")
+            req.append(f"torch=={version}")
+        else:
+            _log(f"WARNING: no torch in the target environment, and its pip could not say which torch it will "
+                 f"install for {wanted!r}. The extension is compiled against whatever torch the build "
+                 "environment gets; if that differs from the one installed later, ascan_kernels refuses the "
+                 "binary and says how to rebuild. Installing torch first avoids this.")
+            req.append(wanted)
     return req
 
 

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import ascan_kernels as K
-from ascan_kernels.testing import assert_close, assert_error_within, grads_by_impl, native_impls
+from ascan_kernels.testing import (assert_close, assert_error_within, grads_by_impl, native_impls,
+                                   skip_if_machine_lacks)
 
 
 def fused_impls(op):
@@ -117,6 +118,7 @@ def test_attention_empty_and_noncontiguous():
 @pytest.mark.parametrize("shape", [(3, 37, 24), (5, 64), (1, 1, 1, 8)])
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_linear_gelu_matches_reference(impl, dtype, shape, approximate):
+    skip_if_machine_lacks("linear_gelu", impl, dtype)
     x = torch.randn(*shape).to(dtype)
     w = (torch.randn(48, shape[-1]) / shape[-1] ** 0.5).to(dtype)
     b = torch.randn(48).to(dtype)
@@ -168,6 +170,7 @@ def test_opcheck_linear_act():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(3, 37, 24), (5, 64), (1, 1, 1, 8)])
 def test_linear_add_matches_reference(impl, dtype, shape):
+    skip_if_machine_lacks("linear_add", impl, dtype)
     x = torch.randn(*shape).to(dtype)
     w = (torch.randn(48, shape[-1]) / shape[-1] ** 0.5).to(dtype)
     b = torch.randn(48).to(dtype)

@@ -1,6 +1,7 @@
 """``python -m ascan bench`` and ``python -m ascan claims`` on tiny settings."""
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 
@@ -26,6 +27,8 @@ def bench_out(tmp_path_factory):
 def test_bench_writes_json_and_plot(bench_out):
     data = json.loads((bench_out / "bench.json").read_text())
     assert data["machine"]["torch"] and data["args"]["size"] == 64
+    assert data["complete"] is True and data["interrupted"] is False
+    assert {"load_avg_start", "load_avg_end", "busy"} <= set(data["machine"])
     ours = [r for r in data["rows"] if r["kind"] == "ascan"]
     assert [(r["model"], r["dtype"], r["batch"]) for r in ours] == [("ascan_t", "fp32", 1), ("ascan_t", "bf16", 1)]
     for r in ours:
@@ -34,9 +37,13 @@ def test_bench_writes_json_and_plot(bench_out):
         assert r["eager"]["q1_ms"] <= r["eager"]["median_ms"] <= r["eager"]["q3_ms"]
         assert r["speedup"] == pytest.approx(r["eager"]["median_ms"] / r["fused"]["median_ms"])
         assert r["throughput"] == pytest.approx(1 / (r["fused"]["median_ms"] / 1e3))
+        assert r["eager"]["runs"] == r["fused"]["runs"] == 2 and len(r["eager"]["samples_ms"]) == 2
+        assert r["verdict"]["status"] == "inconclusive" and "too few runs" in r["verdict"]["text"]   # 2 runs
     if HAS_TIMM:
         peer = next(r for r in data["rows"] if r["kind"] == "peer")
         assert peer["model"] == "convnext_tiny" and 25 < peer["params_m"] < 32 and peer["fused"] is None
+        assert peer["ref_model"] == "ascan_t" and peer["ref"]["median_ms"] > 0     # timed interleaved with it
+        assert peer["ref_verdict"]["status"] in ("holds", "does not hold", "inconclusive")
     assert (bench_out / "bench.png").exists() == HAS_MPL
     if HAS_MPL:
         assert (bench_out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -47,8 +54,19 @@ def test_bench_table_printed(bench_out, capsys):
     out = capsys.readouterr().out
     assert "fused kernels (this package)" in out and "ascan_t fp32 b1: fused" in out
     assert "GenEval 0.64" in out and "not measured: needs trained weights" in out
+    assert "fused faster than eager: inconclusive (too few runs" in out        # 2 runs: no verdict
+    assert "holds here" not in out
     if HAS_TIMM:
-        assert "faster than convnext_tiny" in out
+        assert "faster than convnext_tiny" in out and "timed interleaved" in out
+
+
+def test_bench_prints_ranges_and_verdicts(capsys):
+    assert bench_main(["--models", "ascan_t", "--dtype", "fp32", "--batch", "1", "--size", "64",
+                       "--runs", "3", "--warmup", "0", "--no-peers"]) == 0
+    out = capsys.readouterr().out
+    assert "eager ms [IQR]" in out and re.search(r"fused \d+\.\d\dx vs eager: ", out)
+    assert any(v in out for v in ("holds here (", "does not hold here (", "inconclusive (ranges overlap: "))
+    assert " ms vs " in out                                                     # both ranges shown
 
 
 def test_claims_without_measuring():

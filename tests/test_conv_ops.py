@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 import ascan_kernels as K
-from ascan_kernels.testing import assert_close, assert_error_within, grads_by_impl, native_impls
+from ascan_kernels.testing import (assert_close, assert_error_within, grads_by_impl, native_impls,
+                                   skip_if_machine_lacks)
 
 FUSED = native_impls("conv_bn_gelu")
 DTYPES = [torch.float32, torch.bfloat16]
@@ -40,6 +41,7 @@ CASES = [  # (cin, cout, k, stride, padding, dilation, groups, hw)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("op", ["conv_bn_gelu", "conv_bn_add", "conv_bn"])
 def test_fused_matches_reference(op, case, dtype, impl):
+    skip_if_machine_lacks(op, impl, dtype)
     cin, cout, k, s, p, d, g, hw = case
     x, w, bn = make(cin, cout, k, g, dtype, hw=hw)
     kw = dict(stride=s, padding=p, dilation=d, groups=g)
@@ -78,6 +80,7 @@ def test_tanh_gelu_and_layouts(impl):
 
 @pytest.mark.parametrize("impl", FUSED)
 def test_autocast_bf16(impl):
+    skip_if_machine_lacks("conv_bn_gelu", impl, torch.bfloat16)
     x, w, bn = make(8, 16, 3, hw=(12, 12))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         with K.use(conv_bn_gelu=impl):
@@ -202,6 +205,7 @@ def test_opcheck_conv2d_bias_act():
 
 @pytest.mark.skipif(K.available("conv_bn_add").get("cpu") != "ok", reason="oneDNN path unavailable")
 def test_bf16_conv_bn_add_prefers_eager_but_can_be_forced():
+    skip_if_machine_lacks("conv_bn_add", "cpu", torch.bfloat16)
     x, w, bn = make(8, 8, 1, dtype=torch.bfloat16)
     r = torch.randn(2, 8, 9, 11).bfloat16()
     with torch.no_grad(), K.trace() as t:

@@ -81,11 +81,36 @@ def test_bf16_error_within_eager(shape, fmt, film):
                                                (torch.float32, torch.float64), (torch.bfloat16, torch.float16)])
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_mixed_vector_dtypes(x_dtype, vec_dtype, fmt):
-    """weight/bias/scale/shift in any float dtype are widened to fp32 up front."""
+    """The kernel widens weight/bias/scale/shift of any float dtype to fp32 up front and
+    writes x's dtype."""
     args = _make((3, 40, 7, 9, 8), x_dtype, fmt, vec_dtype=vec_dtype)
-    out = _run_cpu(args)
+    x, G, w, b, eps, sc, sh = args
+    out = torch.ops.ascan_C.group_norm_silu_cpu(x, G, w, b, eps, sc, sh)
     assert out.dtype == x_dtype
     assert_close(out, reference(*_f32(args)).to(x_dtype), dtype=x_dtype)
+
+
+def test_op_returns_the_references_dtype_under_promotion():
+    """bf16 x with fp32 scale/shift: the reference promotes to fp32 (group_norm keeps
+    bf16, ``* (1 + scale)`` promotes), so the op does too: the cpu kernel, which writes
+    x's dtype, declines with the reason and the reference runs."""
+    x, G, w, b, eps, sc, sh = _make((2, 32, 5, 5, 8), torch.bfloat16, "cl", vec_dtype=torch.float32)
+    with torch.no_grad(), K.trace() as t:
+        got = K.group_norm_silu(x, G, w, b, eps, sc, sh)
+    want = reference(x, G, w, b, eps, sc, sh)
+    assert got.dtype == want.dtype == torch.float32
+    assert "type promotion" in dict(t.records[0].skipped)["cpu"]
+    assert_close(got, want)
+    with K.use(**{OP: "cpu"}), pytest.raises(K.KernelUnavailableError, match="type promotion"):
+        K.group_norm_silu(x, G, w, b, eps, sc, sh)
+
+
+@pytest.mark.parametrize("x_dtype,p_dtype", [(torch.float32, torch.bfloat16), (torch.float32, torch.float64),
+                                             (torch.bfloat16, torch.float16), (torch.float64, torch.float32)])
+def test_op_rejects_param_dtypes_pytorch_rejects(x_dtype, p_dtype):
+    x, G, w, b, eps, _, _ = _make((2, 32, 5, 5, 8), x_dtype, "nchw", vec_dtype=p_dtype, film=False)
+    with pytest.raises(TypeError, match=r"ascan_kernels.group_norm_silu: weight is .* but x is"):
+        K.group_norm_silu(x, G, w, b, eps)
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))

@@ -30,7 +30,7 @@ def test_readme_usage_snippet_runs(capsys):
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["logits"].shape == (2, 1000)
     printed = capsys.readouterr().out
-    assert "'eager': 'ok'" in printed and "conv_bn_gelu" in printed and "why (impls skipped)" in printed
+    assert "'eager': 'ok'" in printed and "conv_bn_gelu" in printed and "impls skipped [reason]" in printed
 
 
 def test_readme_generation_snippet_runs():

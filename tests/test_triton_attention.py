@@ -170,8 +170,8 @@ def test_cross_attention_with_non_contiguous_kv():
 # -------------------------------------------------------------------- fully masked rows
 @pytest.mark.parametrize("kind", ["bool", "float"])
 def test_fully_masked_rows_give_zero_output_and_zero_gradients(kind):
-    """Rows with no key to attend: the reference gives NaN, the kernels give 0 (as
-    flash-attention does) and no gradient flows through them."""
+    """Rows with no key to attend give 0 in the kernels and in the reference (the op's
+    definition, as flash-attention's), and no gradient flows through them."""
     B, H, Lq, Lk, D = 1, 2, 19, 33, 32
     q, k, v = (rand(B, H, n, D) for n in (Lq, Lk, Lk))
     keep = torch.rand(B, H, Lq, Lk, device=DEV) > 0.3
@@ -181,7 +181,7 @@ def test_fully_masked_rows_give_zero_output_and_zero_gradients(kind):
     live = torch.ones(Lq, dtype=torch.bool, device=DEV)
     live[dead] = False
     mask = keep if kind == "bool" else torch.zeros(keep.shape, device=DEV).masked_fill(~keep, float("-inf"))
-    assert torch.isnan(attention_reference(q, k, v, mask)[:, :, dead]).all()
+    assert (attention_reference(q, k, v, mask)[:, :, dead] == 0).all()
 
     ins = [t.clone().requires_grad_() for t in (q, k, v)]
     o = forced(*ins, mask)
@@ -200,6 +200,15 @@ def test_fully_masked_rows_give_zero_output_and_zero_gradients(kind):
     assert_close(ins[0].grad[:, :, live], ref[0].grad, dtype=FP32_TOL)
     assert_close(ins[1].grad, ref[1].grad, dtype=FP32_TOL)
     assert_close(ins[2].grad, ref[2].grad, dtype=FP32_TOL)
+
+    # The reference on every row, dead ones included: finite, the same outputs and gradients.
+    full = [t.clone().requires_grad_() for t in (q, k, v)]
+    fo = attention_reference(*full, mask)
+    (fo * wo).sum().backward()
+    assert_close(o, fo, dtype=FP32_TOL)
+    for a, b in zip(ins, full):
+        assert torch.isfinite(b.grad).all()
+        assert_close(a.grad, b.grad, dtype=FP32_TOL)
 
 
 # ------------------------------------------------------------------------------ opcheck

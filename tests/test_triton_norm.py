@@ -209,7 +209,9 @@ def test_rejections_say_why():
     assert "device meta" in reason("layer_norm", K.layer_norm, torch.empty(4, 32, device="meta"), None, None, 1e-5)
     assert "float64 not supported" in reason("add_layer_norm", K.add_layer_norm, x64, x64, None, None, 1e-5)
     w64 = torch.randn(32, dtype=torch.float64, device=DEV)
-    assert "weight dtype" in reason("layer_norm", K.layer_norm, rand(4, 32), w64, None, 1e-5)
+    # fp32 x with fp64 weight: rejected by the op's validation (as F.layer_norm rejects it)
+    with pytest.raises(TypeError, match="layer_norm: weight is torch.float64 but x is torch.float32"):
+        K.layer_norm(rand(4, 32), w64, None, 1e-5)
     # spatial dims that do not flatten to one stride (neither NCHW nor channels_last)
     odd = rand(2, 8, 5, 6).transpose(2, 3)
     assert "spatial dims must flatten" in reason("group_norm_silu", K.group_norm_silu, odd, 4, None, None, 1e-5,

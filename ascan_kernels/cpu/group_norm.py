@@ -41,6 +41,10 @@ def supports_reason(x, num_groups, weight=None, bias=None, eps=1e-5, scale=None,
     for name, t in (("weight", weight), ("bias", bias), ("scale", scale), ("shift", shift)):
         if t is not None and not t.is_floating_point():
             return f"{name} must be a floating tensor, got {t.dtype}"
+    for name, t in (("scale", scale), ("shift", shift)):
+        if t is not None and torch.promote_types(x.dtype, t.dtype) != x.dtype:
+            return (f"{name} is {t.dtype} and x {x.dtype}: the reference returns {t.dtype} by type promotion, "
+                    f"the kernel writes x's dtype")
     return None
 
 
@@ -69,6 +73,6 @@ def group_norm_silu_cpu(x, num_groups, weight=None, bias=None, eps=1e-5, scale=N
 
 def impl() -> Impl:
     """The registry entry for ``group_norm_silu``."""
-    return Impl("cpu", group_norm_silu_cpu, priority=100, supports=supports_reason, available=available_reason,
+    return Impl("cpu", group_norm_silu_cpu, priority=100, devices=("cpu",), supports=supports_reason, available=available_reason,
                 autograd=False, prefer=prefer_reason,
                 doc="C++ (at::vec per ISA, OpenMP): two-pass group stats, one fused silu((x-mean)*a+b) pass")

@@ -14,6 +14,8 @@ local memory per architecture from the built binary.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ..registry import get_op
 from .wrappers import OPS, PRIORITY, impls, unavailable_reason
 from .resources import resource_usage
@@ -24,4 +26,4 @@ __all__ = ["OPS", "PRIORITY", "impls", "register_all", "resource_usage", "unavai
 def register_all() -> None:
     """Register the ``cuda`` impl of every op in :data:`OPS` (unavailable ones say why)."""
     for op, impl in impls().items():
-        get_op(op).register(impl)
+        get_op(op).register(dataclasses.replace(impl, devices=("cuda",)))

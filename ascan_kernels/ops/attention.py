@@ -2,6 +2,17 @@
 
 Plain global attention, as in the paper: the fused impls speed the same math up and
 never approximate it. Lq != Lk is allowed (cross-attention).
+
+Fully masked rows: a query row whose every score is ``-inf`` (a boolean mask with no
+True in the row, or an additive mask of ``-inf`` everywhere) attends to nothing and its
+output is **0** in every impl. Softmax alone would give 0/0 = NaN; 0 is what
+``F.scaled_dot_product_attention`` and flash-attention return, and what classifier-free
+guidance needs (an empty caption masks every context token).
+
+NaN: a NaN in q, k or v propagates to the outputs it touches in every impl, with one
+exception: PyTorch's CPU ``sdpa`` kernel returns 0 (not NaN) for a query row containing
+a NaN. In a model that row's residual stream still carries the NaN, so the output is
+NaN either way; ``use(attention="eager")`` gives strict propagation (tests/test_fuzz_ops.py).
 """
 from __future__ import annotations
 
@@ -19,7 +30,7 @@ def attention_reference(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
 
     q: (B, H, Lq, D); k, v: (B, H, Lk, D) (v may have its own head dim Dv);
     attn_mask: None, bool (True = attend) or float additive, broadcastable to
-    (B, H, Lq, Lk). Returns (B, H, Lq, Dv) in q's dtype.
+    (B, H, Lq, Lk). Returns (B, H, Lq, Dv) in q's dtype; a fully masked row gives 0.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     s = torch.matmul(q, k.transpose(-2, -1)) * scale
@@ -28,7 +39,16 @@ def attention_reference(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
             s = s.masked_fill(~attn_mask, float("-inf"))
         else:
             s = s + attn_mask
-    p = torch.softmax(s, dim=-1, dtype=torch.promote_types(s.dtype, torch.float32)).to(v.dtype)
+    dead = None
+    if attn_mask is not None:
+        # Fully masked rows give 0. Their scores are made finite first so that neither the
+        # softmax nor its gradient produces 0/0 = NaN; their probabilities are then zeroed.
+        dead = torch.isneginf(s).all(-1, keepdim=True)
+        s = s.masked_fill(dead, 0.0)
+    p = torch.softmax(s, dim=-1, dtype=torch.promote_types(s.dtype, torch.float32))
+    if dead is not None:
+        p = p.masked_fill(dead, 0.0)
+    p = p.to(v.dtype)
     if dropout_p > 0.0:
         p = F.dropout(p, dropout_p)
     return torch.matmul(p, v)
@@ -72,10 +92,11 @@ def _validate(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
         chk.fail(OP, f"q and k head dims differ: q {tuple(q.shape)}, k {tuple(k.shape)}")
     if k.shape[-2] != v.shape[-2]:
         chk.fail(OP, f"k and v lengths differ: k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if attn_mask is not None:
+        chk.tensor(OP, "attn_mask", attn_mask, floating=False)
     chk.same_device(OP, q=q, k=k, v=v, attn_mask=attn_mask)
     chk.same_dtype(OP, q=q, k=k, v=v)
     if attn_mask is not None:
-        chk.tensor(OP, "attn_mask", attn_mask, floating=False)
         if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
             chk.fail(OP, f"attn_mask must be bool or floating, got {attn_mask.dtype}", TypeError)
         try:
@@ -83,11 +104,13 @@ def _validate(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
         except RuntimeError:
             chk.fail(OP, f"attn_mask shape {tuple(attn_mask.shape)} does not broadcast to "
                          f"(B, H, Lq, Lk) = {(B, H, Lq, k.shape[-2])}")
-    if not 0.0 <= dropout_p < 1.0:
+    if scale is not None and not isinstance(scale, (int, float)):
+        chk.fail(OP, f"scale must be a number or None, got {type(scale).__name__}", TypeError)
+    if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
         chk.fail(OP, f"dropout_p must be in [0, 1), got {dropout_p}")
 
 
-attention_op = register_op(OP, attention_reference, "softmax(q k^T * scale + mask) v", _validate)
+attention_op = register_op(OP, attention_reference, "softmax(q k^T * scale + mask) v", _validate, autocast=True)
 attention_op.register(Impl(
     "sdpa", _sdpa, priority=50, supports=_sdpa_supports, prefer=_sdpa_prefer, autograd=True,
     doc="torch.nn.functional.scaled_dot_product_attention (flash/fused kernels on CPU and CUDA)",

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import _checks as chk
-from ..cpu.onednn import onednn_dtype_reason, onednn_unavailable_reason, run_conv2d_bias_act
+from ..cpu.onednn import (conv_reads_only_padding, cpu_safe_conv_operands, odd_bf16_channels,
+                          onednn_dtype_reason, onednn_unavailable_reason, pad_input_channels, run_conv2d_bias_act)
 from ..registry import Impl, register_op
 
 # The epilogue each op applies after the folded conv.
@@ -57,7 +58,11 @@ def fold_bn(
 
 def _reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
                stride, padding, dilation, groups, eps, momentum, training, act, folded):
-    """The eager PyTorch sequence: conv2d, batch_norm, then add and/or GELU."""
+    """The eager PyTorch sequence: conv2d, batch_norm, then add and/or GELU.
+
+    On the CPU the conv's operands first go around oneDNN's crash/NaN hazards
+    (``cpu_safe_conv_operands``: same values, other layout or a zero channel)."""
+    x, weight = cpu_safe_conv_operands(x, weight, stride, padding, dilation, groups, chk.compute_dtype(x))
     y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     y = F.batch_norm(y, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps)
     if residual is not None:
@@ -77,7 +82,13 @@ def _cpu_supports(x, weight, bias, bn_weight, bn_bias, running_mean, running_var
         return "training-mode BatchNorm needs batch statistics; this impl folds the running stats"
     if x.numel() == 0:
         return "empty input: nothing to fuse"
-    return onednn_dtype_reason(chk.compute_dtype(x))
+    if conv_reads_only_padding(x.shape[2:], weight.shape[2:], stride, padding, dilation):
+        return ("every output row or column reads only zero padding: oneDNN's channels_last conv crashes "
+                "on such shapes")
+    dtype = chk.compute_dtype(x)
+    if groups > 1 and odd_bf16_channels(x, weight, groups, dtype):
+        return f"bfloat16 with {weight.shape[1]} (odd) input channels per group: oneDNN leaks NaN across pixels"
+    return onednn_dtype_reason(dtype)
 
 
 def _cpu_prefer(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
@@ -97,13 +108,19 @@ def _cpu(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residua
     if folded is None:
         folded = fold_bn(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
     w, b = (t.to(dtype) for t in folded)
+    x = x.to(dtype)
+    if odd_bf16_channels(x, w, groups, dtype):  # groups == 1 here (supports)
+        x, w = pad_input_channels(x, w)
+    if chk.residual_needs_promotion(dtype, residual):  # autocast + fp32 residual: eager returns fp32
+        y = run_conv2d_bias_act(x, w, b, None, list(stride), list(padding), list(dilation), groups, act)
+        return y + residual
     if residual is not None:
         residual = residual.to(dtype)
-    return run_conv2d_bias_act(x.to(dtype), w, b, residual, list(stride), list(padding), list(dilation), groups, act)
+    return run_conv2d_bias_act(x, w, b, residual, list(stride), list(padding), list(dilation), groups, act)
 
 
 def _validate(op, x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
-              stride, padding, dilation, groups, training, act):
+              stride, padding, dilation, groups, training, act, folded=None):
     chk.tensor(op, "x", x, ndim=4)
     chk.tensor(op, "weight", weight, ndim=4)
     if not isinstance(groups, int) or groups < 1:
@@ -136,16 +153,34 @@ def _validate(op, x, weight, bias, bn_weight, bn_bias, running_mean, running_var
     chk.same_dtype(op, x=x, weight=weight, residual=residual)
     if running_mean is None and not training:
         chk.fail(op, "inference needs running_mean/running_var (BatchNorm with track_running_stats)")
+    if training and x.shape[0] * ho * wo == 1:
+        chk.fail(op, f"training-mode BatchNorm needs more than one value per channel, but input {tuple(x.shape)} "
+                     f"gives a {x.shape[0]}x{cout}x{ho}x{wo} conv output (use a batch of 2 or more, or eval mode)")
+    if folded is not None:
+        _validate_folded(op, folded, x, weight)
+
+
+def _validate_folded(op, folded, x, weight):
+    """``folded`` must be what ``fold_bn`` returns for this weight: impls trust it blindly."""
+    if not isinstance(folded, (tuple, list)) or len(folded) != 2:
+        chk.fail(op, f"folded must be a (weight, bias) pair from fold_bn, got {type(folded).__name__}", TypeError)
+    fw, fb = folded
+    chk.tensor(op, "folded weight", fw, ndim=4)
+    chk.tensor(op, "folded bias", fb, ndim=1)
+    chk.shape(op, "folded weight", fw, tuple(weight.shape))
+    chk.shape(op, "folded bias", fb, (weight.shape[0],))
+    if fw.device != x.device or fb.device != x.device:
+        chk.fail(op, f"folded weight/bias must be on x's device {x.device}, got {fw.device} / {fb.device}")
 
 
 def _register(name: str, doc: str):
     def validate(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
                  stride, padding, dilation, groups, eps, momentum, training, act, folded):
         _validate(name, x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
-                  stride, padding, dilation, groups, training, act)
+                  stride, padding, dilation, groups, training, act, folded)
 
-    op = register_op(name, _reference, doc, validate)
-    op.register(Impl("cpu", _cpu, priority=100, supports=_cpu_supports, prefer=_cpu_prefer,
+    op = register_op(name, _reference, doc, validate, autocast=True)
+    op.register(Impl("cpu", _cpu, priority=100, devices=("cpu",), supports=_cpu_supports, prefer=_cpu_prefer,
                      available=onednn_unavailable_reason, autograd=True,
                      doc="BN folded into the conv; oneDNN conv with fused bias/add/GELU post-ops"))
     return op

@@ -39,8 +39,8 @@ def _validate_gelu(x, weight, bias, approximate="none"):
         chk.fail(OP, f"approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
-linear_gelu_op = register_op(OP, linear_gelu_reference, "gelu(linear(x))", _validate_gelu)
-linear_gelu_op.register(Impl("cpu", _cpu, priority=100, supports=_cpu_supports,
+linear_gelu_op = register_op(OP, linear_gelu_reference, "gelu(linear(x))", _validate_gelu, autocast=True)
+linear_gelu_op.register(Impl("cpu", _cpu, priority=100, devices=("cpu",), supports=_cpu_supports,
                              available=onednn_unavailable_reason, autograd=True,
                              doc="oneDNN matmul with a fused bias+GELU post-op"))
 
@@ -79,6 +79,8 @@ def _add_supports(x, weight, bias, residual):
 def _add_cpu(x, weight, bias, residual):
     dtype = chk.compute_dtype(x)
     b = bias.to(dtype) if bias is not None else None
+    if chk.residual_needs_promotion(dtype, residual):  # autocast + fp32 residual: eager returns fp32
+        return residual + run_linear_act(x.to(dtype), weight.to(dtype), b, None, "none")
     return run_linear_act(x.to(dtype), weight.to(dtype), b, residual.to(dtype), "none")
 
 
@@ -90,8 +92,9 @@ def _validate_add(x, weight, bias, residual):
     chk.same_dtype("linear_add", x=x, residual=residual)
 
 
-linear_add_op = register_op("linear_add", linear_add_reference, "residual + linear(x)", _validate_add)
-linear_add_op.register(Impl("cpu", _add_cpu, priority=100, supports=_add_supports,
+linear_add_op = register_op("linear_add", linear_add_reference, "residual + linear(x)", _validate_add,
+                            autocast=True)
+linear_add_op.register(Impl("cpu", _add_cpu, priority=100, devices=("cpu",), supports=_add_supports,
                             available=onednn_unavailable_reason, autograd=True,
                             doc="oneDNN matmul with a fused bias + residual-add post-op"))
 

@@ -28,6 +28,7 @@ def _validate_norm(op, x, weight, bias):
         if t is not None:
             chk.tensor(op, n, t, ndim=1)
             chk.shape(op, n, t, (x.shape[-1],))
+            chk.param_dtype(op, n, t, x)
     chk.same_device(op, x=x, weight=weight, bias=bias)
 
 
@@ -101,7 +102,7 @@ def _register_ext_autograd() -> None:
 
 
 _register_ext_autograd()
-add_layer_norm_op.register(Impl("cpu", _ext, priority=100, supports=_ext_supports, available=_ext_reason,
+add_layer_norm_op.register(Impl("cpu", _ext, priority=100, devices=("cpu",), supports=_ext_supports, available=_ext_reason,
                                 autograd=True, doc="C++ (at::vec, OpenMP) one pass: add, mean/var, normalise"))
 
 

@@ -9,6 +9,7 @@ roofline table.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 from ..registry import Impl, get_op
@@ -35,7 +36,9 @@ def register_all() -> None:
     base = runtime.unavailable_reason()
     for mod, ops in KERNEL_MODULES.items():
         impls = None
-        if base != "triton is not installed":
+        # Nothing can run (no Triton, or no GPU and no interpreter): say so without
+        # importing Triton, which would add a fifth to `import ascan_kernels`.
+        if base is None:
             try:
                 impls = importlib.import_module(f"{__name__}.{mod}").impls()
             except Exception as e:  # a broken kernel module must not break the package
@@ -44,4 +47,4 @@ def register_all() -> None:
         else:
             impls = {op: _placeholder(base) for op in ops}
         for op, impl in impls.items():
-            get_op(op).register(impl)
+            get_op(op).register(dataclasses.replace(impl, devices=runtime.devices()))

@@ -277,12 +277,13 @@ def _cached_gemm_weight(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     key = (w.data_ptr(), w.dtype, w.device, tuple(w.shape), dtype)
     with _CACHE_LOCK:
         hit = _WEIGHT_CACHE.get(key)
-        if hit is not None and hit[0]() is w and hit[1] == w._version:
+        if hit is not None and hit[0]() is w and hit[1] == chk.version_key(w):
             _WEIGHT_CACHE.move_to_end(key)
             return hit[2]
-    out = gemm_weight(w, dtype)
+    with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode too
+        out = gemm_weight(w, dtype)
     with _CACHE_LOCK:
-        _WEIGHT_CACHE[key] = (weakref.ref(w), w._version, out)
+        _WEIGHT_CACHE[key] = (weakref.ref(w), chk.version_key(w), out)
         _WEIGHT_CACHE.move_to_end(key)
         while len(_WEIGHT_CACHE) > _WEIGHT_CACHE_MAX:
             _WEIGHT_CACHE.popitem(last=False)
@@ -350,6 +351,9 @@ def _triton(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, resi
             w, b = folded
             w_gemm = _cached_gemm_weight(w, dtype)
         b = b.detach().float().contiguous()
+    if chk.residual_needs_promotion(dtype, residual):  # autocast + fp32 residual: eager returns fp32
+        return conv2d_bias_act(x.to(dtype), w_gemm, b, None, weight.shape[2], weight.shape[3],
+                               stride[0], padding[0], act) + residual
     if residual is not None:
         residual = residual.to(dtype)
     return conv2d_bias_act(x.to(dtype), w_gemm, b, residual, weight.shape[2], weight.shape[3],

@@ -21,6 +21,11 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+def devices() -> tuple[str, ...]:
+    """The device type the kernels take in this process: CPU tensors under the interpreter."""
+    return ("cpu",) if interpreting() else ("cuda",)
+
+
 def unavailable_reason() -> str | None:
     """Why no Triton kernel can run in this process, or None."""
     if importlib.util.find_spec("triton") is None:
