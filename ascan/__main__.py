@@ -1,4 +1,4 @@
-"""``python -m ascan {bench,claims,variants}``."""
+"""``python -m ascan [demo|bench|claims|variants]``."""
 from __future__ import annotations
 
 import sys
@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
-    cmd, rest = (argv[0], argv[1:]) if argv else ("demo", [])
+    # No command, or only options: the demo (`python -m ascan --batch 1`).
+    cmd, rest = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else ("demo", argv)
     if cmd == "demo":
         from .demo import main as run
     elif cmd == "bench":

@@ -10,60 +10,12 @@ Takes well under a minute on 2 CPU cores at the defaults.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import time
 
 import torch
 
+from .bench import busy_warning, load_average, time_interleaved, verdict
 from .registry import build_model, list_models
-
-
-def busy_warning(threads: int | None = None) -> str | None:
-    """A warning when the 1-minute load average exceeds the threads torch uses.
-
-    On a shared machine a neighbour's load slows torch's multi-threaded CPU work many
-    times over, so timings taken then say little about this code."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-    threads = threads or torch.get_num_threads()
-    if load > threads:
-        return (f"WARNING: this machine is busy (load average {load:.1f} > {threads} threads torch uses): "
-                "the timings below are slowed by other work and vary from run to run")
-    return None
-
-
-def _quartiles(ts: list[float]) -> tuple[float, float, float]:
-    if len(ts) == 1:
-        return ts[0], ts[0], ts[0]
-    q1, q2, q3 = statistics.quantiles(ts, n=4, method="inclusive")
-    return q1, q2, q3
-
-
-def interleaved_times(fns: dict[str, callable], runs: int, warmup: int) -> dict[str, list[float]]:
-    """Milliseconds per call of each fn, measured round-robin after ``warmup`` rounds."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    out: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            out[name].append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
-def verdict(eager: list[float], fused: list[float]) -> str:
-    """"1.23x faster", "1.10x slower", or "within noise" when the IQRs overlap."""
-    e1, em, e3 = _quartiles(eager)
-    f1, fm, f3 = _quartiles(fused)
-    ratio = em / fm
-    if f1 <= e3 and e1 <= f3:
-        return f"{ratio:.2f}x (within noise: the interquartile ranges overlap)"
-    return f"{ratio:.2f}x faster" if ratio > 1 else f"{1 / ratio:.2f}x slower"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model}: {sum(p.numel() for p in eager.parameters()) / 1e6:.1f}M parameters, input "
           f"{tuple(x.shape)} float32, {torch.get_num_threads()} CPU threads "
           f"({torch.backends.cpu.get_cpu_capability()})")
-    warn = busy_warning()
+    warn = busy_warning(load_average(), torch.get_num_threads(), "before timing")
     if warn:
         print(warn)
     with torch.inference_mode():
@@ -100,11 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         err = (got - want).abs().max().item()
         with K.trace() as tr:
             fused(x)
-        times = interleaved_times({"eager": lambda: eager(x), "fused": lambda: fused(x)}, args.runs, args.warmup)
+        times = time_interleaved({"eager": lambda: eager(x), "fused": lambda: fused(x)}, args.runs, args.warmup,
+                                 torch.device("cpu"))
     for name in ("eager", "fused"):
-        q1, med, q3 = _quartiles(times[name])
-        print(f"  {name:5s} median {med:8.1f} ms   (interquartile {q1:.1f}-{q3:.1f} ms, {args.runs} runs)")
-    print(f"  fused vs eager: {verdict(times['eager'], times['fused'])}; outputs agree to {err:.1e} (max abs)")
+        t = times[name]
+        print(f"  {name:5s} median {t.median_ms:8.1f} ms   (interquartile {t.spread} ms, {t.runs} runs, interleaved)")
+    v = verdict(times["fused"], times["eager"])
+    print(f"  fused vs eager: {v.ratio:.2f}x, {v.text.replace('holds here', 'faster').replace('does not hold here', 'slower')}")
+    print(f"  outputs agree to {err:.1e} (max abs difference, float32)")
     print("\nkernels that ran in one fused forward (ascan_kernels.trace()):")
     print(tr.table())
     print(f"\ndone in {time.perf_counter() - t_start:.0f} s. Next: `python -m ascan_kernels` (what can run here and "
