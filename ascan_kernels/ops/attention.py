@@ -9,10 +9,13 @@ output is **0** in every impl. Softmax alone would give 0/0 = NaN; 0 is what
 ``F.scaled_dot_product_attention`` and flash-attention return, and what classifier-free
 guidance needs (an empty caption masks every context token).
 
-NaN: a NaN in q, k or v propagates to the outputs it touches in every impl, with one
-exception: PyTorch's CPU ``sdpa`` kernel returns 0 (not NaN) for a query row containing
-a NaN. In a model that row's residual stream still carries the NaN, so the output is
-NaN either way; ``use(attention="eager")`` gives strict propagation (tests/test_fuzz_ops.py).
+NaN: a NaN in q, k or v propagates to the outputs it touches in every impl, and a key
+that the mask hides is ignored, NaN or not, with two exceptions in PyTorch's CPU ``sdpa``
+kernel: it returns 0 (not NaN) for a query row containing a NaN, and a NaN in a key
+hidden by a boolean mask still reaches every query of that (batch, head) (the kernel
+scores the key before masking it). In a model the first row's residual stream still
+carries the NaN; for masked-out padding, give finite values (zeros) or use
+``use(attention="eager")``, which ignores masked positions strictly (tests/test_fuzz_ops.py).
 """
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def _cpu(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residua
     dtype = chk.compute_dtype(x)
     if folded is None:
         folded = fold_bn(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
-    w, b = (t.to(dtype) for t in folded)
+    w, b = (t.to(dtype).contiguous() for t in folded)  # oneDNN reads both densely
     x = x.to(dtype)
     if odd_bf16_channels(x, w, groups, dtype):  # groups == 1 here (supports)
         x, w = pad_input_channels(x, w)

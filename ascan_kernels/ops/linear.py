@@ -29,7 +29,7 @@ def _cpu_supports(x, weight, bias, approximate="none"):
 
 def _cpu(x, weight, bias, approximate="none"):
     dtype = chk.compute_dtype(x)
-    b = bias.to(dtype) if bias is not None else None
+    b = bias.to(dtype).contiguous() if bias is not None else None  # oneDNN reads the bias densely
     return run_linear_act(x.to(dtype), weight.to(dtype), b, None, "gelu" if approximate == "none" else "gelu_tanh")
 
 
@@ -78,7 +78,7 @@ def _add_supports(x, weight, bias, residual):
 
 def _add_cpu(x, weight, bias, residual):
     dtype = chk.compute_dtype(x)
-    b = bias.to(dtype) if bias is not None else None
+    b = bias.to(dtype).contiguous() if bias is not None else None  # oneDNN reads the bias densely
     if chk.residual_needs_promotion(dtype, residual):  # autocast + fp32 residual: eager returns fp32
         return residual + run_linear_act(x.to(dtype), weight.to(dtype), b, None, "none")
     return run_linear_act(x.to(dtype), weight.to(dtype), b, residual.to(dtype), "none")

@@ -216,7 +216,10 @@ def _gn_apply_kernel(X, Y, Part, W, B, Scale, Shift,
     s_ok = sidx < num_splits
     m_shift = tl.sum(tl.load(parts, mask=s_ok, other=0.0), axis=0) * inv_count
     var = tl.sum(tl.load(parts + 1, mask=s_ok, other=0.0), axis=0) * inv_count - m_shift * m_shift
-    rstd = tl.math.rsqrt(tl.maximum(var, 0.0) + eps)
+    # Clamp rounding's negative variances to 0 but keep a NaN (an inf in the group gives
+    # inf - inf): tl.maximum(NaN, 0) is 0, which would turn the group's outputs into inf.
+    var = tl.where(var < 0.0, 0.0, var)
+    rstd = tl.math.rsqrt(var + eps)
     mean = m_shift + tl.load(xbase).to(tl.float32)
     p_lo = split * p_per_split
     p_hi = tl.minimum(p_lo + p_per_split, HW)

@@ -116,7 +116,13 @@ ASCAN_HD Welford welford_merge(Welford a, Welford b) {
 }
 
 // Biased variance (what LayerNorm/GroupNorm normalise with); 0 for an empty set.
-ASCAN_HD float welford_var(Welford w) { return w.count > 0.0f ? fmaxf(w.m2 / w.count, 0.0f) : 0.0f; }
+// Rounding's negative variances clamp to 0, but a NaN stays NaN (an inf in the data gives
+// inf - inf): fmaxf(NaN, 0) would return 0 and turn the normalised outputs into inf.
+ASCAN_HD float welford_var(Welford w) {
+  if (!(w.count > 0.0f)) return 0.0f;
+  const float v = w.m2 / w.count;
+  return v < 0.0f ? 0.0f : v;
+}
 
 // ---------------------------------------------------------------------------------------
 // Index math of the (N, C, *spatial) layouts, shared for the same reason: the CPU tests
