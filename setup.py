@@ -6,9 +6,9 @@ lets a missing optional piece fail the install:
 * ``ASCAN_SKIP_EXT=1``: nothing is compiled; a pure-Python install (the registry then
   runs the eager/Triton implementations and says why the C++ ones are unavailable).
 * ``ASCAN_SKIP_CUDA=1``: the C++ CPU kernels only.
-* Otherwise ``csrc/*.cpp`` and ``csrc/cpu/*.cpp`` (``-O3``, OpenMP, torch's C++ standard,
-  ninja; ``MAX_JOBS`` caps its parallelism), plus ``csrc/cuda/*.cu`` (nvcc) and
-  ``csrc/cuda/*.cpp`` (their torch binding) when torch is a CUDA build and a CUDA toolkit
+* Otherwise ``csrc/*.cpp`` and ``csrc/ops/<op>/*.cpp`` (``-O3``, OpenMP, torch's C++
+  standard, ninja; ``MAX_JOBS`` caps its parallelism), plus the ``*.cu`` device code (nvcc)
+  and the ``*_cuda.cpp`` torch bindings of the CUDA kernels when torch is a CUDA build and a CUDA toolkit
   with every header torch's CUDA API needs can be found (``build_backend/cuda_toolkit.py``:
   CUDA_HOME, else the toolkit nvcc on PATH belongs to, else /usr/local/cuda; library
   headers from the toolkit or from torch's nvidia pip packages), and nvcc's CUDA major
@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
+import re
 import sys
 import threading
 import time
@@ -37,9 +39,17 @@ import time
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(ROOT, "build_backend"))
-import cuda_toolkit  # noqa: E402  (build_backend/ holds the build's own helpers, not a package)
 
+
+def _load_build_helper(name: str):
+    """A module of build_backend/ (the build's own helpers; not an installed package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "build_backend", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cuda_toolkit = _load_build_helper("cuda_toolkit")
 PKG = "ascan_kernels"
 INFO_NAME = "_build_info.py"
 DEFAULT_CUDA_ARCHS = "8.0;8.6;9.0+PTX"
@@ -72,10 +82,29 @@ def rel_sources(pattern: str) -> list[str]:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def ops_abi() -> str:
+    """``OPS_ABI`` from ascan_kernels/_ext.py, compiled into the binary (one place states it)."""
+    with open(os.path.join(ROOT, PKG, "_ext.py")) as f:
+        m = re.search(r"^OPS_ABI = (\d+)$", f.read(), re.MULTILINE)
+    if m is None:
+        raise RuntimeError("ascan setup: OPS_ABI not found in ascan_kernels/_ext.py")
+    return m.group(1)
+
+
 def cpu_isas() -> list[str]:
-    """The instruction sets the CPU kernels are compiled for (one source per ISA)."""
-    isas = {os.path.basename(p).rsplit("_", 1)[1][:-4] for p in glob.glob(os.path.join(ROOT, "csrc/cpu/*_*.cpp"))}
+    """The instruction sets the CPU kernels are compiled for (one kernel_<isa>.cpp per ISA)."""
+    isas = {os.path.basename(p)[len("kernel_"):-4] for p in glob.glob(os.path.join(ROOT, "csrc/ops/*/kernel_*.cpp"))}
     return sorted(isas & {"avx512", "avx2", "base"}, key=["avx512", "avx2", "base"].index)
+
+
+def cpu_sources() -> list[str]:
+    """Every C++ source but the CUDA bindings (``*_cuda.cpp``, which need the CUDA headers)."""
+    return [p for p in rel_sources("csrc/*.cpp") + rel_sources("csrc/ops/*/*.cpp") if not p.endswith("_cuda.cpp")]
+
+
+def cuda_sources() -> list[str]:
+    """The device code (``*.cu``) and the torch bindings of the CUDA kernels (``*_cuda.cpp``)."""
+    return rel_sources("csrc/cuda/*.cu") + rel_sources("csrc/ops/*/*.cu") + rel_sources("csrc/ops/*/*_cuda.cpp")
 
 
 def record_only(reason: str) -> dict:
@@ -100,8 +129,8 @@ def cuda_plan(torch) -> tuple[dict | None, str | None]:
         return None, "ASCAN_SKIP_CUDA=1 was set at build time"
     if not torch.version.cuda:
         return None, f"torch {torch.__version__} is a CPU-only build"
-    if not rel_sources("csrc/cuda/*.cu"):
-        return None, "csrc/cuda/ holds no .cu sources"
+    if not cuda_sources():
+        return None, "csrc/ holds no CUDA sources"
     home, found = cuda_toolkit.find_toolkit()
     if home is None:
         return None, found
@@ -192,9 +221,9 @@ def extension_setup() -> dict:
     if plan is not None:
         ce.CUDA_HOME = plan["home"]
 
-    sources = rel_sources("csrc/*.cpp") + rel_sources("csrc/cpu/*.cpp")
+    sources = cpu_sources()
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    cxx_flags = ["-O3", "-Wno-unknown-pragmas"]  # torch headers use #pragma unroll
+    cxx_flags = ["-O3", "-Wno-unknown-pragmas", f"-DASCAN_OPS_ABI={ops_abi()}"]  # torch headers use #pragma unroll
     link_flags: list[str] = []
     if sys.platform.startswith("linux"):
         cxx_flags.append("-fopenmp")
@@ -206,7 +235,7 @@ def extension_setup() -> dict:
                                extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
 
     def cuda_ext():
-        return ce.CUDAExtension(f"{PKG}._C", sources + rel_sources("csrc/cuda/*.cpp") + rel_sources("csrc/cuda/*.cu"),
+        return ce.CUDAExtension(f"{PKG}._C", sources + cuda_sources(),
                                 include_dirs=include_dirs, define_macros=[("ASCAN_WITH_CUDA", None)],
                                 extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
                                 extra_link_args=link_flags)

@@ -1,13 +1,13 @@
 """Parameter and MAC counts, computed by running the model (not typed in).
 
-``python -m ascan.complexity`` prints the README's variants table.
+``python -m ascan variants`` (or ``python -m ascan.complexity``) prints the README's variants table.
 """
 from __future__ import annotations
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .registry import build_model, list_models
+from .models.registry import build_model, list_models
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -31,7 +31,7 @@ def count_macs(model: torch.nn.Module, input_size: tuple[int, ...] = (1, 3, 224,
 
 def variants_table(names: list[str] | None = None, resolution: int = 224) -> str:
     """Markdown table of params and MACs per classifier variant at ``resolution``^2."""
-    from .config import CONFIGS
+    from .models.classifier import CONFIGS
 
     names = names or [n for n in CONFIGS if n in list_models()]
     rows = ["| model | stage layouts (C/T) | widths | params (M) | MACs (G) @%d^2 |" % resolution,

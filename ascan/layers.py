@@ -1,11 +1,13 @@
-"""Building blocks shared by the AsCAN models: ConvBN, the C block, the T block.
+"""Building blocks shared by the AsCAN models, and the leaf layers that own the fused switch.
 
-Every block holds plain ``nn`` modules (``nn.Conv2d``, ``nn.BatchNorm2d``,
-``nn.LayerNorm``, ``nn.Linear``) so fused and unfused models have identical
-parameters and their state_dicts interchange. ``fused`` is read once at
-construction (timm's habit): ``fused=False`` is the model as a careful PyTorch user
-writes it, the baseline every speedup is measured against; ``fused=True`` routes the
-same math through ``ascan_kernels`` ops, whose registry picks an impl per call.
+Leaves (each a subclass of the ``nn`` module it replaces, so parameter names, state_dicts
+and ``isinstance`` checks are those of plain PyTorch): :class:`ConvBN`, :class:`Conv2d`,
+:class:`LayerNorm`, :class:`AddLayerNorm`, :class:`LinearGELU`, :class:`ResidualLinear`,
+:class:`GroupNormSiLU`, :class:`SelfAttentionCore`. ``fused`` is read once at construction
+(timm's habit) and branches only inside these leaves: ``fused=False`` is the model as a
+careful PyTorch user writes it, the baseline every speedup is measured against;
+``fused=True`` routes the same math through ``ascan_kernels`` ops, whose registry picks an
+impl per call. Blocks (:class:`CBlock`, :class:`TBlock`, the UNet's) have one forward body.
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ class ConvBN(nn.Module):
     ``load_state_dict``, BN's running-stat updates) bump tensor version counters, and
     ``.to()``/``.cuda()`` make new tensors. Writes through ``param.data`` bypass version
     counters; call ``invalidate_fold()`` (or ``ascan.layers.invalidate_folds(model)``)
-    after those. ``train()``/``eval()`` also drop the cache.
+    after those. ``train()``/``eval()`` also drop the cache. The fused path works on
+    channels_last activations (oneDNN and the token views of the T blocks want NHWC), so
+    its input is made channels_last (a no-op after the first fused layer).
     """
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1,
@@ -95,6 +99,7 @@ class ConvBN(nn.Module):
         return self._folded
 
     def _forward_fused(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
         c, bn = self.conv, self.bn
         training = self.training
         momentum = self._bn_momentum()
@@ -120,6 +125,117 @@ def invalidate_folds(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, ConvBN):
             m.invalidate_fold()
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose fused form works on channels_last activations.
+
+    The fused models keep activations NHWC (what oneDNN computes natively, and what makes
+    the T blocks' (B, HW, C) token views free); a plain conv on an NCHW input would
+    return NCHW and every later op would reorder. forward(x (N, Cin, H, W)) -> (N, Cout, Ho, Wo).
+    """
+
+    def __init__(self, *args, fused: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last dim; fused: ``ascan_kernels.layer_norm``."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True, fused: bool = False):
+        super().__init__(dim, eps=eps, elementwise_affine=elementwise_affine)
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return K.layer_norm(x, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
+class AddLayerNorm(nn.LayerNorm):
+    """Residual add then LayerNorm: ``forward(x, residual) -> (x + residual, norm(x + residual))``.
+
+    Fused: ``ascan_kernels.add_layer_norm`` (one pass: the sum is normalised while hot)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, fused: bool = False):
+        super().__init__(dim, eps=eps)
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fused:
+            return K.add_layer_norm(x, residual, self.weight, self.bias, self.eps)
+        s = x + residual
+        return s, super().forward(s)
+
+
+class LinearGELU(nn.Linear):
+    """``gelu(linear(x))`` (an MLP's first layer); fused: ``ascan_kernels.linear_gelu``."""
+
+    def __init__(self, in_features: int, out_features: int, fused: bool = False):
+        super().__init__(in_features, out_features)
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return K.linear_gelu(x, self.weight, self.bias)
+        return F.gelu(super().forward(x))
+
+
+class ResidualLinear(nn.Linear):
+    """``residual + linear(x)`` (a projection with its shortcut), or ``linear(x)`` without one.
+
+    Fused: ``ascan_kernels.linear_add`` (the add rides in the GEMM's epilogue)."""
+
+    def __init__(self, in_features: int, out_features: int, fused: bool = False):
+        super().__init__(in_features, out_features)
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.fused and residual is not None:
+            return K.linear_add(x, self.weight, self.bias, residual)
+        y = super().forward(x)
+        return y if residual is None else residual + y
+
+
+class GroupNormSiLU(nn.GroupNorm):
+    """``silu(group_norm(x) * (1 + scale) + shift)`` with an optional per-sample FiLM
+    (scale, shift: (N, C)); fused: ``ascan_kernels.group_norm_silu`` (one op)."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, fused: bool = False):
+        super().__init__(num_groups, num_channels, eps=eps)
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
+        if self.fused:
+            return K.group_norm_silu(x, self.num_groups, self.weight, self.bias, self.eps, scale, shift)
+        h = super().forward(x)
+        if scale is not None:
+            h = h * (1 + scale[:, :, None, None])
+        if shift is not None:
+            h = h + shift[:, :, None, None]
+        return F.silu(h)
+
+
+class SelfAttentionCore(nn.Module):
+    """The attention core ``softmax(q k^T / sqrt(d) + mask) v`` on (B, H, L, D) heads, no
+    parameters; fused: ``ascan_kernels.attention``, else ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, fused: bool = False):
+        super().__init__()
+        self.fused = fused
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                dropout_p: float = 0.0) -> torch.Tensor:
+        if self.fused:
+            return K.attention(q, k, v, attn_mask, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
 
 class CBlock(nn.Module):
@@ -159,42 +275,30 @@ class Attention(nn.Module):
         self.num_heads = dim // head_dim
         self.head_dim = head_dim
         self.qkv = nn.Linear(dim, 3 * dim)
+        self.core = SelfAttentionCore(fused)
         self.proj = nn.Linear(dim, dim)
         self.attn_drop = attn_drop
-        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, C = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        p = self.attn_drop if self.training else 0.0
-        if self.fused:
-            o = K.attention(q, k, v, dropout_p=p)
-        else:
-            o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        o = self.core(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj(o.transpose(1, 2).reshape(B, L, C))
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU -> fc2 on tokens (B, L, C); the fused path runs fc1+GELU as one op."""
+    """fc1 + GELU -> fc2 on tokens (B, L, C); with ``residual`` returns ``residual + mlp(x)``
+    (the fused model runs fc1+GELU as one op and the add in fc2's epilogue)."""
 
     def __init__(self, dim: int, ratio: float = 4.0, fused: bool = False):
         super().__init__()
         hidden = int(dim * ratio)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-        self.fused = fused
+        self.fc1 = LinearGELU(dim, hidden, fused=fused)
+        self.fc2 = ResidualLinear(hidden, dim, fused=fused)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, L, C) -> (B, L, C); with ``residual`` returns ``residual + mlp(x)``."""
-        if not self.fused:
-            out = self.fc2(self.act(self.fc1(x)))
-            return out if residual is None else residual + out
-        h = K.linear_gelu(x, self.fc1.weight, self.fc1.bias)
-        if residual is None:
-            return self.fc2(h)
-        return K.linear_add(h, self.fc2.weight, self.fc2.bias, residual)
+        return self.fc2(self.fc1(x), residual)
 
 
 class TBlock(nn.Module):
@@ -202,29 +306,22 @@ class TBlock(nn.Module):
 
     Full global multi-head self-attention (head dim 32) and an MLP of ratio 4 with
     GELU; no relative position bias (the C blocks before it carry position). Tokens
-    (B, L, C) -> (B, L, C). The fused path merges the first residual add with the
-    second LayerNorm (``add_layer_norm``) and the second residual add into fc2's GEMM
-    (``linear_add``).
+    (B, L, C) -> (B, L, C). The first residual add and the second LayerNorm are one
+    :class:`AddLayerNorm`; the second residual add goes into fc2 (:class:`ResidualLinear`).
     """
 
     def __init__(self, dim: int, head_dim: int = 32, mlp_ratio: float = 4.0, drop_path: float = 0.0,
                  fused: bool = False):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim, fused=fused)
         self.attn = Attention(dim, head_dim, fused=fused)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = AddLayerNorm(dim, fused=fused)
         self.mlp = Mlp(dim, mlp_ratio, fused=fused)
         self.drop_path = drop_path
-        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dp = self.drop_path if self.training else 0.0
-        if not self.fused:
-            x = x + drop_path(self.attn(self.norm1(x)), dp, True)
-            return x + drop_path(self.mlp(self.norm2(x)), dp, True)
-        n1, n2 = self.norm1, self.norm2
-        a = drop_path(self.attn(K.layer_norm(x, n1.weight, n1.bias, n1.eps)), dp, True)
-        x, h = K.add_layer_norm(x, a, n2.weight, n2.bias, n2.eps)
+        x, h = self.norm2(x, drop_path(self.attn(self.norm1(x)), dp, True))
         if dp > 0.0:
             return x + drop_path(self.mlp(h), dp, True)
-        return self.mlp(h, residual=x)  # the shortcut add rides in fc2's epilogue
+        return self.mlp(h, residual=x)

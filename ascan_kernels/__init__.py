@@ -8,9 +8,31 @@
     with K.use(attention="eager"):     # force (or "!sdpa" to forbid) an impl
         model(x)
 
-Model code calls the functions below; it never imports Triton or the extension.
+Model code calls the functions below; it never imports Triton or the extension. The
+layout: ``registry`` (Op, Impl, selection, trace, use) and ``capabilities`` (what an impl
+declares, one priority table); ``ops/<op>/`` (each op with its reference and its impls);
+``backends/`` (runtime probes: oneDNN, Triton, CUDA); ``_ext`` (loading the C++
+extension); ``tools/`` (AOT compile, resource and roofline reports; nothing imports them).
 """
+from ._common import fold_bn, version_key
 from ._version import __version__
+from .ops import (
+    add_layer_norm,
+    add_layer_norm_reference,
+    attention,
+    attention_reference,
+    conv_bn,
+    conv_bn_add,
+    conv_bn_gelu,
+    group_norm_silu,
+    group_norm_silu_reference,
+    layer_norm,
+    layer_norm_reference,
+    linear_add,
+    linear_add_reference,
+    linear_gelu,
+    linear_gelu_reference,
+)
 from .registry import (
     Impl,
     KernelUnavailableError,
@@ -23,39 +45,18 @@ from .registry import (
     set_fallback_logging,
     trace,
     use,
+    validate_env_overrides,
 )
-from .ops import (
-    add_layer_norm,
-    add_layer_norm_reference,
-    attention,
-    attention_reference,
-    conv_bn,
-    conv_bn_add,
-    conv_bn_gelu,
-    fold_bn,
-    group_norm_silu,
-    group_norm_silu_reference,
-    layer_norm,
-    layer_norm_reference,
-    linear_add,
-    linear_add_reference,
-    linear_gelu,
-    linear_gelu_reference,
-)
-from . import registry as _registry
-from ._checks import version_key
 
-from .triton import register_all as _register_triton
-
-_register_triton()
-from .cuda import register_all as _register_cuda; _register_cuda()
-_registry.validate_env_overrides()
+# Every op is registered now: ASCAN_KERNELS can be checked against their impls.
+validate_env_overrides()
 
 __all__ = [
     "__version__",
     "Impl", "KernelUnavailableError", "Op", "Trace", "TraceRecord",
-    "available", "get_op", "version_key", "list_ops", "set_fallback_logging", "trace", "use",
-    "add_layer_norm", "attention", "conv_bn", "conv_bn_add", "conv_bn_gelu", "fold_bn", "group_norm_silu", "group_norm_silu_reference",
-    "layer_norm", "linear_add", "linear_gelu", "linear_add_reference",
-    "add_layer_norm_reference", "attention_reference", "layer_norm_reference", "linear_gelu_reference",
+    "available", "get_op", "list_ops", "set_fallback_logging", "trace", "use", "version_key",
+    "add_layer_norm", "add_layer_norm_reference", "attention", "attention_reference",
+    "conv_bn", "conv_bn_add", "conv_bn_gelu", "fold_bn", "group_norm_silu", "group_norm_silu_reference",
+    "layer_norm", "layer_norm_reference", "linear_add", "linear_add_reference", "linear_gelu",
+    "linear_gelu_reference",
 ]

@@ -10,6 +10,8 @@ from typing import Iterable
 
 import torch
 
+from ._common import autocast_enabled
+
 FLOATING = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -33,14 +35,6 @@ def same_device(op: str, **tensors) -> None:
     devs = {n: t.device for n, t in tensors.items() if t is not None}
     if len(set(devs.values())) > 1:
         fail(op, "all tensors must be on one device, got " + ", ".join(f"{n} on {d}" for n, d in devs.items()))
-
-
-def autocast_enabled(device_type: str) -> bool:
-    """``torch.is_autocast_enabled`` that answers False for devices without autocast (meta)."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except RuntimeError:
-        return False
 
 
 def same_dtype(op: str, **tensors) -> None:
@@ -77,29 +71,3 @@ def pair(op: str, name: str, v) -> tuple[int, int]:
     if len(v) != 2 or not all(isinstance(i, int) for i in v):
         fail(op, f"{name} must be an int or a pair of ints, got {v!r}", TypeError)
     return v  # type: ignore[return-value]
-
-
-def compute_dtype(t: torch.Tensor) -> torch.dtype:
-    """The dtype a matmul-class op computes in: the autocast dtype inside autocast."""
-    dev = t.device.type
-    if autocast_enabled(dev):
-        return torch.get_autocast_dtype(dev)
-    return t.dtype
-
-
-def residual_needs_promotion(compute: torch.dtype, residual: torch.Tensor | None) -> bool:
-    """Whether ``y + residual`` with ``y`` in ``compute`` promotes to another dtype.
-
-    Under autocast eager PyTorch computes a conv/GEMM in bfloat16 and then adds an fp32
-    residual in fp32, returning fp32. A fused impl whose epilogue adds in the compute
-    dtype would return bfloat16; impls use this to add such a residual after the
-    kernel instead, so they return what the reference returns."""
-    return residual is not None and torch.promote_types(compute, residual.dtype) != compute
-
-
-def version_key(t: torch.Tensor) -> int | None:
-    """``t._version`` for cache keys, or None for an inference tensor (made under
-    ``torch.inference_mode()``), which has no version counter. Such a tensor can only
-    be changed in place inside inference mode, and then nothing can see it: callers
-    that cache on a None key say so."""
-    return None if t.is_inference() else t._version

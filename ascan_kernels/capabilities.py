@@ -90,8 +90,16 @@ def call_info(first: torch.Tensor | None, autocast_op: bool) -> CallInfo:
     return CallInfo(first.device, dtype, first.numel() == 0)
 
 
+def device_capability(device: torch.device) -> tuple[int, int] | None:
+    """The compute capability of a CUDA device (None for other devices)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_capability(device)
+
+
 def capability_reason(caps: Capabilities, call: CallInfo,
-                      device_capability: Callable[[torch.device], tuple[int, int] | None]) -> str | None:
+                      device_capability: Callable[[torch.device], tuple[int, int] | None] = device_capability
+                      ) -> str | None:
     """Why an impl with ``caps`` cannot take this call, or None. (The device check is
     separate, :func:`device_reason`, since the registry asks it before availability.)"""
     if caps.dtypes is not None and call.compute_dtype is not None and call.compute_dtype not in caps.dtypes:

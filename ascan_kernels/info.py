@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from . import registry
-from ._ext import _build_info, load_extension
+from ._ext import _build_info, load_extension, ops_with_kernel
 from ._version import __version__
-from .triton import runtime as triton_runtime
+from .backends import triton as triton_runtime
 
 # The /proc/cpuinfo flags that decide which CPU kernels and oneDNN paths run.
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "avx512_fp16",
@@ -75,7 +75,8 @@ def gpu_info() -> list[dict[str, Any]]:
 def extension_info() -> dict[str, Any]:
     """Load status, what the binary says of itself, and what setup.py recorded."""
     mod, why = load_extension()
-    info: dict[str, Any] = {"loaded": mod is not None, "reason": why, "build": _build_info()}
+    info: dict[str, Any] = {"loaded": mod is not None, "reason": why, "build": _build_info(),
+                            "kernels": {key: list(ops_with_kernel(key)) for key in ("CPU", "CUDA")}}
     if mod is not None:
         try:
             info["binary"] = dict(mod.build_info())
@@ -125,6 +126,8 @@ def _build_lines(ext: dict[str, Any]) -> list[str]:
         return lines
     if build:
         lines.append(f"  CPU ISAs compiled: {', '.join(build.get('cpu_isas') or ['?'])}")
+        for key, names in ext.get("kernels", {}).items():
+            lines.append(f"  ascan_C ops with a {key} kernel: {', '.join(names) or 'none'}")
         if build.get("with_cuda"):
             lines.append(f"  CUDA kernels: built (nvcc {build.get('nvcc_version')} from {build.get('cuda_home')}, "
                          f"archs {build.get('cuda_arch_list')}; toolkit: {build.get('cuda_found')})")

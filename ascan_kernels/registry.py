@@ -29,13 +29,18 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from .capabilities import (EAGER_PRIORITY, PRIORITY, Capabilities, call_info, capability_reason, device_capability,
+                           device_reason)
+
 __all__ = [
+    "Capabilities",
     "Impl",
     "Op",
     "KernelUnavailableError",
     "TraceRecord",
     "Trace",
     "register_op",
+    "unavailable_impl",
     "get_op",
     "list_ops",
     "available",
@@ -60,27 +65,42 @@ class Impl:
     """One implementation of an op.
 
     ``fn`` takes the op's arguments exactly as the op's public function receives
-    them. ``available`` answers once per process whether the backend exists here
-    (installed, built, device present); ``supports`` answers per call whether these
-    inputs can run; ``prefer`` answers whether automatic selection should pick it for
-    these inputs (e.g. it was measured slower than the next impl at such shapes) -
-    a forced impl skips that last check. Each returns ``None`` for yes and a reason
-    string for no. ``autograd`` says whether ``fn`` is differentiable; impls without
-    it are skipped whenever an input requires grad. ``devices`` (device types such as
-    ``("cpu",)``; None = any) is checked first: an impl for another device than the
-    input's is skipped without asking it anything, and such a skip is never logged
-    (nothing a user could act on).
+    them. ``caps`` declares, as data, what it takes (devices, compute dtypes, CUDA compute
+    capability, empty inputs: :class:`~ascan_kernels.capabilities.Capabilities`); the
+    registry checks that first. ``available`` answers once per process whether the
+    backend exists here (installed, built, device present); ``supports`` answers per
+    call what data cannot say (shapes, geometry, strides); ``prefer`` answers whether
+    automatic selection should pick it for these inputs (e.g. it was measured slower than
+    the next impl at such shapes) - a forced impl skips that last check. Each returns
+    ``None`` for yes and a reason string for no. ``autograd`` says whether ``fn`` is
+    differentiable; impls without it are skipped whenever an input requires grad.
+    ``priority`` defaults to the backend's entry in ``capabilities.PRIORITY``.
     """
 
     name: str
     fn: Callable[..., Any]
-    priority: int
+    priority: int | None = None
     supports: Check | None = None
     available: Callable[[], "str | None"] | None = None
     autograd: bool = False
     prefer: Check | None = None
     doc: str = ""
-    devices: tuple[str, ...] | None = None
+    caps: Capabilities | None = None
+
+    def __post_init__(self) -> None:
+        if self.priority is None:
+            if self.name not in PRIORITY:
+                raise ValueError(f"impl {self.name!r}: no priority given and none in capabilities.PRIORITY "
+                                 f"({', '.join(PRIORITY)})")
+            object.__setattr__(self, "priority", PRIORITY[self.name])
+
+
+def unavailable_impl(name: str, reason: str, caps: Capabilities | None = None) -> Impl:
+    """An impl that cannot run in this process, kept so that ``available()``, traces and
+    errors still list it with ``reason`` (e.g. Triton on a machine that cannot run it)."""
+    def fn(*args, **kwargs):
+        raise KernelUnavailableError(reason)
+    return Impl(name, fn, available=lambda: reason, doc=reason, caps=caps)
 
 
 class Op:
@@ -98,7 +118,7 @@ class Op:
         # non-tensor args), so one check per call signature is enough.
         self.validate = validate
         self._impls: list[Impl] = [
-            Impl(EAGER, reference, priority=-(10**9), autograd=True, doc="eager PyTorch reference")
+            Impl(EAGER, reference, priority=EAGER_PRIORITY, autograd=True, doc="eager PyTorch reference")
         ]
         self._availability: dict[str, str | None] = {}
 
@@ -145,16 +165,24 @@ class Op:
         return self._why_not(impl, args, kwargs, needs_grad)[0]
 
     def _why_not(self, impl: Impl, args: tuple, kwargs: dict, needs_grad: bool) -> tuple[str | None, bool]:
-        """(reason or None, whether the reason is worth logging)."""
-        if impl.devices is not None:
-            dev = _first_device(args, kwargs)
-            if dev is not None and dev not in impl.devices:
-                return f"device {dev}: this impl takes {'/'.join(impl.devices)} tensors", False
+        """(reason or None, whether the reason is worth logging).
+
+        The order: the device (an impl for another device is never asked anything else),
+        whether the backend exists here, grad, the declared capabilities, then the impl's
+        own ``supports``."""
+        call = call_info(_first_tensor(args, kwargs), self.autocast)
+        reason = device_reason(impl.caps, call)
+        if reason is not None:
+            return reason, False
         reason = self.availability(impl)
         if reason is not None:
             return reason, True
         if needs_grad and not impl.autograd:
             return "inputs require grad and this impl has no backward", False
+        if impl.caps is not None:
+            reason = capability_reason(impl.caps, call, device_capability)
+            if reason is not None:
+                return reason, True
         if impl.supports is not None:
             reason = impl.supports(*args, **kwargs)
             return reason, reason is not None
@@ -308,9 +336,9 @@ def _flat_tensors(args: tuple, kwargs: dict) -> Iterator[torch.Tensor]:
                     yield b
 
 
-def _first_device(args: tuple, kwargs: dict) -> str | None:
+def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
     for t in _flat_tensors(args, kwargs):
-        return t.device.type
+        return t
     return None
 
 
@@ -517,16 +545,8 @@ class TraceRecord:
 
 
 def _compute_dtype(op: str, t: torch.Tensor | None) -> torch.dtype | None:
-    if t is None:
-        return None
     o = _OPS.get(op)
-    if o is not None and o.autocast and t.is_floating_point():
-        try:
-            if torch.is_autocast_enabled(t.device.type):
-                return torch.get_autocast_dtype(t.device.type)
-        except RuntimeError:  # a device type without autocast (meta)
-            pass
-    return t.dtype
+    return call_info(t, o is not None and o.autocast).compute_dtype
 
 
 class Trace:

@@ -62,7 +62,7 @@ def native_impls(op: str) -> list[str]:
     """The fused impls of ``op`` that run natively here (not eager, not Triton's CPU
     interpreter, which has its own small-shape tests in ``tests/test_triton_*.py``)."""
     from .registry import available
-    from .triton.runtime import interpreting
+    from .backends.triton import interpreting
 
     return [i for i, s in available(op).items()
             if s == "ok" and i != "eager" and not (i == "triton" and interpreting())]
@@ -77,7 +77,7 @@ def machine_lacks(op: str, impl: str, dtype: torch.dtype) -> str | None:
     instruction set), or None. Tests skip such cases with the reason; any other refusal
     by an impl is a failure."""
     if impl == "cpu" and op in _ONEDNN_OPS and dtype == torch.bfloat16:
-        from .cpu.onednn import onednn_bf16_reason
+        from .backends.onednn import onednn_bf16_reason
 
         return onednn_bf16_reason()
     return None

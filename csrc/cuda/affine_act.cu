@@ -9,7 +9,7 @@
 // Memory bound: 16-byte vector loads/stores when a vector never crosses a coefficient
 // change within a plane (NCHW: HW % V == 0, one coefficient per vector; channels-last:
 // C % V == 0, V consecutive channels), scalar accesses otherwise. Grid-stride loop.
-#include "common.cuh"
+#include "ascan/cuda_common.cuh"
 
 namespace ascan::cuda {
 namespace {

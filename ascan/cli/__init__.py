@@ -1,0 +1,39 @@
+"""The command line: ``python -m ascan [demo|bench|claims|variants]`` (one module per command)."""
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: python -m ascan [COMMAND] [options]
+
+with no command: build ascan_t fused and eager, check they agree, time both, show the kernels
+that ran (`python -m ascan demo --help` for its options)
+
+commands:
+  demo      the above, with options (--model, --batch, --size, --runs)
+  bench     latency of the classifiers (eager, fused, compile) and timm peers; table, JSON, PNG
+  claims    the paper's headline claims next to what is measured or computed here
+  variants  parameters and MACs of every classifier variant (the README's table)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    # No command, or only options: the demo (`python -m ascan --batch 1`).
+    cmd, rest = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else ("demo", argv)
+    if cmd == "demo":
+        from .demo import main as run
+    elif cmd == "bench":
+        from .bench import main as run
+    elif cmd == "claims":
+        from .claims import main as run
+    elif cmd == "variants":
+        from ..complexity import variants_table
+        print(variants_table())
+        return 0
+    else:
+        print(f"python -m ascan: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return run(rest)

@@ -1,0 +1,91 @@
+"""Small helpers several ops and backends share, each written once.
+
+* :func:`fold_bn`: inference BatchNorm folded into a conv's weight and bias;
+* :func:`conv_out_hw`: a conv's output size;
+* :func:`compute_dtype`, :func:`autocast_enabled`, :func:`residual_needs_promotion`: what
+  autocast does to an op's dtypes;
+* :func:`memory_format_of`, :func:`version_key`: layouts and cache keys.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def fold_bn(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    bn_weight: torch.Tensor | None,
+    bn_bias: torch.Tensor | None,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold inference BatchNorm into a conv: returns (weight', bias') in float32.
+
+    weight: (Cout, Cin/g, kh, kw); bias, bn_*, running_*: (Cout,).
+    ``bn(conv(x, w, b)) == conv(x, w * s, (b - mean) * s + beta)`` with
+    ``s = gamma / sqrt(var + eps)``. Computed in float32 whatever the params' dtype,
+    so a bfloat16 model folds without double rounding.
+    """
+    s = torch.rsqrt(running_var.float() + eps)
+    if bn_weight is not None:
+        s = s * bn_weight.float()
+    b = -running_mean.float()
+    if bias is not None:
+        b = b + bias.float()
+    b = b * s
+    if bn_bias is not None:
+        b = b + bn_bias.float()
+    w = weight.float() * s.reshape(-1, 1, 1, 1)
+    return w, b
+
+
+def conv_out_hw(h: int, w: int, kh: int, kw: int, stride, padding, dilation) -> tuple[int, int]:
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return ho, wo
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled`` that answers False for devices without autocast (meta)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul-class op computes in: the autocast dtype inside autocast."""
+    dev = t.device.type
+    if autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return t.dtype
+
+
+def residual_needs_promotion(compute: torch.dtype, residual: torch.Tensor | None) -> bool:
+    """Whether ``y + residual`` with ``y`` in ``compute`` promotes to another dtype.
+
+    Under autocast eager PyTorch computes a conv/GEMM in bfloat16 and then adds an fp32
+    residual in fp32, returning fp32. A fused impl whose epilogue adds in the compute
+    dtype would return bfloat16; impls use this to add such a residual after the
+    kernel instead, so they return what the reference returns."""
+    return residual is not None and torch.promote_types(compute, residual.dtype) != compute
+
+
+def version_key(t: torch.Tensor) -> int | None:
+    """``t._version`` for cache keys, or None for an inference tensor (made under
+    ``torch.inference_mode()``), which has no version counter. Such a tensor can only
+    be changed in place inside inference mode, and then nothing can see it: callers
+    that cache on a None key say so."""
+    return None if t.is_inference() else t._version
+
+
+def memory_format_of(t: torch.Tensor) -> torch.memory_format | None:
+    """The memory format ``t`` is dense in (NCHW-contiguous, channels_last(_3d)), or None."""
+    if t.is_contiguous():
+        return torch.contiguous_format
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return None

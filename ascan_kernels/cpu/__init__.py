@@ -1,1 +1,0 @@
-"""CPU fused implementations (oneDNN post-op fusion wrappers)."""

@@ -1,9 +1,0 @@
-// add_layer_norm row kernels for x86-64 with AVX2 + FMA.
-// Chosen at run time only on CPUs that have them (add_layer_norm.cpp). See add_layer_norm_kernel.h.
-#include "add_layer_norm.h"
-
-#if ASCAN_X86_KERNELS
-#include "isa_avx2_begin.h"
-#include "add_layer_norm_kernel.h"
-#pragma GCC pop_options
-#endif
