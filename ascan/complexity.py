@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .models.classifier import CONFIGS
 from .models.registry import build_model, list_models
 
 
@@ -31,8 +32,6 @@ def count_macs(model: torch.nn.Module, input_size: tuple[int, ...] = (1, 3, 224,
 
 def variants_table(names: list[str] | None = None, resolution: int = 224) -> str:
     """Markdown table of params and MACs per classifier variant at ``resolution``^2."""
-    from .models.classifier import CONFIGS
-
     names = names or [n for n in CONFIGS if n in list_models()]
     rows = ["| model | stage layouts (C/T) | widths | params (M) | MACs (G) @%d^2 |" % resolution,
             "|---|---|---|---:|---:|"]
@@ -43,6 +42,21 @@ def variants_table(names: list[str] | None = None, resolution: int = 224) -> str
         rows.append(f"| `{n}` | {' / '.join(cfg.layouts)} | {'-'.join(map(str, cfg.dims))} | "
                     f"{count_params(m) / 1e6:.1f} | {count_macs(m, (1, 3, resolution, resolution)) / 1e9:.2f} |")
     return "\n".join(rows)
+
+
+def segmentation_summary(names: tuple[str, ...] = ("ascan_t_seg", "ascan_s_seg"), resolution: int = 512) -> str:
+    """One line per segmenter: params and MACs at ``resolution``^2, total and backbone.
+
+    Built on the meta device (shapes only), counted as :func:`count_macs` counts.
+    """
+    lines, size = [], (1, 3, resolution, resolution)
+    for n in names:
+        with torch.device("meta"):
+            m = build_model(n, fused=False)
+        lines.append(f"{n}: {count_params(m) / 1e6:.2f}M params (backbone {count_params(m.backbone) / 1e6:.2f}M), "
+                     f"{count_macs(m, size) / 1e9:.2f} GMACs @{resolution}^2 "
+                     f"(backbone {count_macs(m.backbone, size) / 1e9:.2f})")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -128,21 +128,24 @@ def invalidate_folds(model: nn.Module) -> None:
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose fused form works on channels_last activations.
+    """``nn.Conv2d`` with an optional residual added to its output:
+    ``forward(x (N, Cin, H, W), residual=None (N, Cout, Ho, Wo)) -> (N, Cout, Ho, Wo)``.
 
-    The fused models keep activations NHWC (what oneDNN computes natively, and what makes
-    the T blocks' (B, HW, C) token views free); a plain conv on an NCHW input would
-    return NCHW and every later op would reorder. forward(x (N, Cin, H, W)) -> (N, Cout, Ho, Wo).
+    Fused: ``ascan_kernels.conv_bias_act`` (the bias and the residual in the conv's
+    epilogue), channels_last out. The fused models keep activations NHWC (what oneDNN
+    computes natively, and what makes the T blocks' (B, HW, C) token views free).
     """
 
     def __init__(self, *args, fused: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.fused = fused
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return super().forward(x)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.fused and self.padding_mode == "zeros" and not isinstance(self.padding, str):
+            return K.conv_bias_act(x, self.weight, self.bias, residual, stride=self.stride, padding=self.padding,
+                                   dilation=self.dilation, groups=self.groups)
+        y = super().forward(x)
+        return y if residual is None else y + residual
 
 
 class LayerNorm(nn.LayerNorm):

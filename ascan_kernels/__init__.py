@@ -21,6 +21,8 @@ from .ops import (
     add_layer_norm_reference,
     attention,
     attention_reference,
+    conv_bias_act,
+    conv_bias_act_reference,
     conv_bn,
     conv_bn_add,
     conv_bn_gelu,
@@ -56,7 +58,7 @@ __all__ = [
     "Impl", "KernelUnavailableError", "Op", "Trace", "TraceRecord",
     "available", "get_op", "list_ops", "set_fallback_logging", "trace", "use", "version_key",
     "add_layer_norm", "add_layer_norm_reference", "attention", "attention_reference",
-    "conv_bn", "conv_bn_add", "conv_bn_gelu", "fold_bn", "group_norm_silu", "group_norm_silu_reference",
+    "conv_bias_act", "conv_bias_act_reference", "conv_bn", "conv_bn_add", "conv_bn_gelu", "fold_bn", "group_norm_silu", "group_norm_silu_reference",
     "layer_norm", "layer_norm_reference", "linear_add", "linear_add_reference", "linear_gelu",
     "linear_gelu_reference",
 ]

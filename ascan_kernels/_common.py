@@ -89,3 +89,16 @@ def memory_format_of(t: torch.Tensor) -> torch.memory_format | None:
     if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d):
         return torch.channels_last_3d
     return None
+
+
+def apply_act(y: torch.Tensor, act: str, *, inplace: bool = False) -> torch.Tensor:
+    """The conv ops' activations by name (``"none"``, ``"gelu"``, ``"gelu_tanh"``,
+    ``"silu"``). ``inplace`` where the caller owns ``y`` (SiLU only: ATen's GELU has no
+    in-place form)."""
+    if act == "gelu":
+        return torch.nn.functional.gelu(y)
+    if act == "gelu_tanh":
+        return torch.nn.functional.gelu(y, approximate="tanh")
+    if act == "silu":
+        return torch.nn.functional.silu(y, inplace=inplace)
+    return y

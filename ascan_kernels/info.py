@@ -9,7 +9,9 @@ report; ``ascan_kernels.trace()`` shows those.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -169,12 +171,48 @@ def format_report(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _described_impls(name: str) -> list:
+    """The impls of op ``name`` as the code declares them: a Triton impl that cannot run in
+    this process is a placeholder without its description, so its module is asked (when
+    Triton is installed) for the real one."""
+    op = registry.get_op(name)
+    out = []
+    for impl in op.impls:
+        if impl.name == "triton" and triton_runtime.unavailable_reason() is not None \
+                and importlib.util.find_spec("triton") is not None:
+            module = importlib.import_module(f"{op.reference.__module__}.triton")
+            impl = module.impls()[name]
+        out.append(impl)
+    return out
+
+
+def op_table() -> str:
+    """The README's op table, from the registry: every op, its impls in priority order,
+    what each takes (its declared capabilities) and what it runs (its doc). It describes
+    the code, not this machine (Triton's impls take CUDA tensors; the CPU interpreter is
+    for tests)."""
+    rows = ["| op | impl | priority | devices | dtypes | backward | what runs |", "|---|---|---:|---|---|---|---|"]
+    for name in registry.list_ops():
+        for i, impl in enumerate(_described_impls(name)):
+            caps = impl.caps
+            devices = "cuda" if impl.name == "triton" else ("/".join(caps.devices) if caps and caps.devices else "any")
+            dtypes = ", ".join(str(d).replace("torch.", "") for d in caps.dtypes) if caps and caps.dtypes else "any"
+            prio = "last" if impl.name == registry.EAGER else str(impl.priority)
+            rows.append(f"| {'`' + name + '`' if i == 0 else ''} | `{impl.name}` | {prio} | {devices} | {dtypes} | "
+                        f"{'yes' if impl.autograd else 'no'} | {impl.doc} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m ascan_kernels", description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    ap.add_argument("--op-table", action="store_true", help="print the README's op table (from the registry)")
     args = ap.parse_args(argv)
+    if args.op_table:
+        print(op_table())
+        return 0
     data = collect()
     print(json.dumps(data, indent=1, default=str) if args.json else format_report(data))
     return 0

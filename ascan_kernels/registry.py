@@ -228,13 +228,12 @@ class Op:
     def explain(self, args: tuple, kwargs: dict) -> str:
         """The inputs and every impl's verdict on them, for error messages."""
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in _flat_tensors(args, kwargs))
-        try:  # name the arguments after the reference's parameters
-            bound = inspect.signature(self.reference).bind(*args, **kwargs)
-            named = dict(bound.arguments)
-            args, kwargs = (), named
+        try:  # name the arguments after the reference's parameters, for the description only
+            named: dict = dict(inspect.signature(self.reference).bind(*args, **kwargs).arguments)
+            shown = describe_inputs((), named)
         except (TypeError, ValueError):
-            pass
-        lines = [f"  inputs: {describe_inputs(args, kwargs)}" + ("; requires grad" if needs_grad else "")]
+            shown = describe_inputs(args, kwargs)
+        lines = [f"  inputs: {shown}" + ("; requires grad" if needs_grad else "")]
         for impl in self._impls:
             reason = None if impl.name == EAGER else self.why_not(impl, args, kwargs, needs_grad)
             lines.append(f"  {impl.name}: {reason or 'can run these inputs'}")

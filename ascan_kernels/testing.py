@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from .backends.onednn import onednn_bf16_reason, onednn_unavailable_reason
+from .backends.triton import interpreting
+from .registry import KernelUnavailableError, available, get_op, use
+
 # (atol, rtol) per dtype for comparing a fused impl with the eager reference run in
 # the same dtype. bf16 keeps 8 mantissa bits (rel. step 2^-8 = 3.9e-3); results that
 # went through a reduction and a rounding of their own differ by a few steps.
@@ -43,8 +47,6 @@ def grads_by_impl(op: str, impls, fn, inputs) -> dict[str, list]:
     The loss weights each output element differently (a ramp), so a wrong index or a
     transposed gradient cannot cancel out. Returns ``{impl: [grad per input]}``.
     """
-    from .registry import use
-
     out: dict[str, list] = {}
     for name in impls:
         ins = [t.detach().clone().requires_grad_() for t in inputs]
@@ -60,25 +62,26 @@ def grads_by_impl(op: str, impls, fn, inputs) -> dict[str, list]:
 
 def native_impls(op: str) -> list[str]:
     """The fused impls of ``op`` that run natively here (not eager, not Triton's CPU
-    interpreter, which has its own small-shape tests in ``tests/test_triton_*.py``)."""
-    from .registry import available
-    from .backends.triton import interpreting
+    interpreter, which has its own small-shape tests in ``tests/ops/test_<op>.py``)."""
 
     return [i for i, s in available(op).items()
             if s == "ok" and i != "eager" and not (i == "triton" and interpreting())]
 
 
-# The ops whose ``cpu`` impl is oneDNN's fused conv/GEMM (bf16 there needs AVX-512).
-_ONEDNN_OPS = ("conv_bn_gelu", "conv_bn_add", "conv_bn", "linear_gelu", "linear_add")
+def _is_onednn(op: str, impl: str) -> bool:
+    """Whether ``impl`` of ``op`` is one of oneDNN's fused conv/GEMM primitives (bf16 there
+    needs AVX-512), read off its registration rather than kept as a list."""
+    try:
+        return get_op(op).impl(impl).available is onednn_unavailable_reason
+    except KernelUnavailableError:  # no such impl
+        return False
 
 
 def machine_lacks(op: str, impl: str, dtype: torch.dtype) -> str | None:
     """Why this machine cannot run ``impl`` of ``op`` in ``dtype`` at all (a missing CPU
     instruction set), or None. Tests skip such cases with the reason; any other refusal
     by an impl is a failure."""
-    if impl == "cpu" and op in _ONEDNN_OPS and dtype == torch.bfloat16:
-        from .backends.onednn import onednn_bf16_reason
-
+    if dtype == torch.bfloat16 and _is_onednn(op, impl):
         return onednn_bf16_reason()
     return None
 

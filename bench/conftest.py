@@ -59,14 +59,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 def skip_unless_ok(op: str, impl: str) -> None:
-    """Skip a row, with the registry's reason, when ``impl`` cannot run here.
+    """Skip a row, with the registry's reason, when ``impl`` cannot run in this process.
 
     ``impl="compile"`` is ``torch.compile`` of the op's eager reference (skipped in smoke
     mode: compile time dominates there). Triton under ``TRITON_INTERPRET`` is a numerics
-    tool, never timed.
+    tool, never timed. Per-call refusals (a dtype this CPU lacks, a shape) are found by
+    :func:`skip_unless_runs` with the row's real inputs.
     """
     import ascan_kernels as K
-    from ascan_kernels.triton.runtime import interpreting
+    from ascan_kernels.backends.triton import interpreting
 
     if impl == "compile":
         if SMOKE:
@@ -77,6 +78,21 @@ def skip_unless_ok(op: str, impl: str) -> None:
     status = K.available(op).get(impl)
     if status != "ok":
         pytest.skip(f"{op}/{impl}: {status}")
+
+
+def runnable(op: str, impl: str, call):
+    """``call`` (the row's op call, with ``impl`` forced) after one trial run; the row is
+    skipped with the registry's reason when the impl declines these inputs here (e.g.
+    bf16 on a CPU without oneDNN's bf16 kernels) or cannot run in this process at all."""
+    import ascan_kernels as K
+
+    skip_unless_ok(op, impl)
+    try:
+        with torch.no_grad():
+            call()
+    except K.KernelUnavailableError as e:
+        pytest.skip(f"{op}/{impl}: {str(e).splitlines()[0]}")
+    return call
 
 
 def op_runner(op: str, impl: str):

@@ -17,7 +17,7 @@ from ascan import build_model
 
 from .conftest import DEVICE, SMOKE, run
 
-from ascan.config import CONFIGS
+from ascan import CONFIGS
 
 # every classifier by default; ASCAN_BENCH_MODELS=ascan_t narrows a run
 MODELS = os.environ.get("ASCAN_BENCH_MODELS", ",".join(CONFIGS)).split(",")

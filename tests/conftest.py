@@ -1,13 +1,13 @@
 import os
 
+import pytest
 import torch
 
 # Without a GPU the Triton kernels are checked under Triton's CPU interpreter, which
-# must be switched on before anything imports triton (ascan_kernels does, on import).
+# must be switched on before anything imports triton. pytest and torch do not; ascan_kernels
+# does, on import, so this file imports it only inside functions, after this has run.
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

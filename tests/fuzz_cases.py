@@ -51,6 +51,7 @@ DTYPES = ("f32", "bf16", "f16")
 
 # Every impl each op registers (tests/test_fuzz_ops.py checks this against the registry).
 IMPLS = {
+    "conv_bias_act": ("cuda", "triton", "cpu", "eager"),
     "conv_bn_gelu": ("cuda", "triton", "cpu", "eager"),
     "conv_bn_add": ("cuda", "triton", "cpu", "eager"),
     "conv_bn": ("cuda", "triton", "cpu", "eager"),
@@ -61,10 +62,14 @@ IMPLS = {
     "add_layer_norm": ("triton", "cpu", "eager"),
     "group_norm_silu": ("cuda", "triton", "cpu", "eager"),
 }
-CONV_OPS = ("conv_bn_gelu", "conv_bn_add", "conv_bn")
+CONV_OPS = ("conv_bias_act", "conv_bn_gelu", "conv_bn_add", "conv_bn")
+BN_OPS = CONV_OPS[1:]  # the conv ops with BatchNorm parameters (and a folded= argument)
+CONV_ACTS = ("none", "gelu", "gelu_tanh", "silu")  # conv_bias_act's activations
 KINDS = {
     **{op: ("basic", "geom", "model", "dead_axis", "noncontig", "channels_last", "folded", "wide",
-            "empty", "nan", "inf", "nan_params") for op in CONV_OPS},
+            "empty", "nan", "inf", "nan_params") for op in BN_OPS},
+    "conv_bias_act": ("basic", "geom", "model", "dead_axis", "noncontig", "channels_last", "wide",
+                      "empty", "nan", "inf", "nan_params"),
     "attention": ("basic", "cross", "bool_mask", "float_mask", "dead_rows", "bcast_mask", "scale",
                   "noncontig", "empty", "nan_q", "nan_kv", "nan_k_masked", "inf_v", "long"),
     "linear_gelu": ("basic", "wide", "nobias", "noncontig", "empty", "nan", "nan_w", "inf", "tanh"),
@@ -117,7 +122,9 @@ def _conv_spec(op, kind, n, rng):
     sp = dict(op=op, kind=kind, N=rng.choice((1, 2, 3)), groups=1, stride=(1, 1), padding=(0, 0),
               dilation=(1, 1), bias=rng.random() < 0.7, x_layout="contig", w_layout="contig",
               r_layout="contig", folded=False, approximate=rng.choice(("none", "tanh")) if op == "conv_bn_gelu" else "none",
-              eps=rng.choice((1e-5, 1e-3)), poison=[], r_poison=[])
+              eps=rng.choice((1e-5, 1e-3)), poison=[], r_poison=[],
+              act=rng.choice(CONV_ACTS) if op == "conv_bias_act" else None,
+              residual=op == "conv_bn_add" or (op == "conv_bias_act" and rng.random() < 0.5))
     model = ((3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0))
     style = {"basic": rng.choice(("model", "plain")), "geom": "random", "model": "model",
              "noncontig": rng.choice(("model", "random")), "channels_last": rng.choice(("model", "random")),
@@ -207,11 +214,13 @@ def _conv_spec(op, kind, n, rng):
         vals = ("nan",) if kind == "nan" else ("inf", "-inf")
         shape = (sp["N"], cin, H, W)
         sp["poison"] = [(_rand_index(rng, shape), rng.choice(vals)) for _ in range(rng.choice((1, 2, 3)))]
-        if op == "conv_bn_add" and rng.random() < 0.5:
+        if sp["residual"] and rng.random() < 0.5:
             shape = (sp["N"], cout, ho, wo)
             sp["r_poison"] = [(_rand_index(rng, shape), rng.choice(vals))]
     if kind == "nan_params":  # NaN in one channel's bias / BN parameter: that channel only
-        names = ["gamma", "beta", "mean", "var"] + (["b"] if sp["bias"] else [])
+        if op == "conv_bias_act":
+            sp["bias"] = True  # its only per-channel parameter
+        names = (["gamma", "beta", "mean", "var"] if op in BN_OPS else []) + (["b"] if sp["bias"] else [])
         sp["p_poison"] = [(rng.choice(names), rng.randrange(cout), "nan") for _ in range(rng.choice((1, 2)))]
     return sp
 
@@ -637,7 +646,7 @@ def build(spec: dict, dt: str):
     if ctx == "grad":  # activations and learnable parameters (not BN running stats, masks, folds)
         keep = {id(t) for t in _tensors(args, kwargs)}
         skip = set()
-        if name in CONV_OPS:
+        if name in BN_OPS:
             skip = {id(args[5]), id(args[6])} | {id(t) for t in kwargs.get("folded") or ()}
         elif name == "attention":
             skip = {id(args[3])}
@@ -683,14 +692,21 @@ def _build(spec: dict, dt: str):
         bn = [pv["gamma"], pv["beta"], pv["mean"], pv["var"]]
         kwargs = dict(stride=tuple(spec["stride"]), padding=tuple(spec["padding"]),
                       dilation=tuple(spec["dilation"]), groups=g, eps=spec["eps"])
+        r = None
+        if spec["residual"]:
+            r = _place(_poison(gen.randn("res", (N, cout, spec["ho"], spec["wo"])), spec["r_poison"]), dtype,
+                       spec["r_layout"])
+        if op == "conv_bias_act":
+            del kwargs["eps"]
+            kwargs["act"] = spec["act"]
+            return op, (x, w, b, r), kwargs
         if op == "conv_bn_gelu":
             kwargs["approximate"] = spec["approximate"]
         if spec["folded"]:
             kwargs["folded"] = _K().fold_bn(w, b, *bn, spec["eps"])
         args = [x, w, b, *bn]
         if op == "conv_bn_add":
-            r = _poison(gen.randn("res", (N, cout, spec["ho"], spec["wo"])), spec["r_poison"])
-            args.append(_place(r, dtype, spec["r_layout"]))
+            args.append(r)
         return op, tuple(args), kwargs
     if op == "attention":
         B, H, Lq, Lk, D, Dv = (spec[k] for k in ("B", "H", "Lq", "Lk", "D", "Dv"))
@@ -799,11 +815,9 @@ def _silu64(y):
     return y / (1.0 + _torch().exp(-y))
 
 
-def ref_conv(op, x, w, b, gamma, beta, mean, var, residual=None, *, stride, padding, dilation, groups, eps,
-             approximate="none", folded=None):
-    """conv2d as a sum over taps of per-group channel contractions, then BN by hand."""
+def _conv64(x, w, b, stride, padding, dilation, groups):
+    """conv2d in float64 as a sum over taps of per-group channel contractions."""
     torch = _torch()
-    x, w, b, gamma, beta, mean, var, residual = map(_d, (x, w, b, gamma, beta, mean, var, residual))
     N, C, H, W = x.shape
     cout, cg, kh, kw = w.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
@@ -821,6 +835,29 @@ def ref_conv(op, x, w, b, gamma, beta, mean, var, residual=None, *, stride, padd
                     "nchw,oc->nohw", tap[:, g * cg:(g + 1) * cg], w[g * cog:(g + 1) * cog, :, i, j])
     if b is not None:
         y = y + b.view(1, -1, 1, 1)
+    return y
+
+
+def ref_conv_bias_act(x, w, b, residual=None, *, stride, padding, dilation, groups, act):
+    """act(conv2d(x, w, b) + residual) in float64; lenient where the pre-activation is
+    -inf (every activation here is -inf * 0 there)."""
+    torch = _torch()
+    x, w, b, residual = map(_d, (x, w, b, residual))
+    pre = _conv64(x, w, b, stride, padding, dilation, groups)
+    if residual is not None:
+        pre = pre + residual
+    if act == "none":
+        return pre, torch.zeros_like(pre, dtype=torch.bool)
+    out = _silu64(pre) if act == "silu" else _gelu64(pre, "tanh" if act == "gelu_tanh" else "none")
+    return out, torch.isneginf(pre)
+
+
+def ref_conv(op, x, w, b, gamma, beta, mean, var, residual=None, *, stride, padding, dilation, groups, eps,
+             approximate="none", folded=None):
+    """conv2d (:func:`_conv64`), then BN by hand."""
+    torch = _torch()
+    x, w, b, gamma, beta, mean, var, residual = map(_d, (x, w, b, gamma, beta, mean, var, residual))
+    y = _conv64(x, w, b, stride, padding, dilation, groups)
     pre = (y - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + eps) * gamma.view(1, -1, 1, 1) \
         + beta.view(1, -1, 1, 1)
     if residual is not None:
@@ -955,7 +992,9 @@ def reference(op, args, kwargs, dtype):
     """(outputs, lenient masks, conditioning allowances): each a tuple, one entry per
     output of the op. The allowance is an absolute error any impl may have from rounding
     its inputs or statistics where the output is ill-conditioned (norms of x = 50 + small)."""
-    if op in CONV_OPS:
+    if op == "conv_bias_act":
+        out, len_ = ref_conv_bias_act(*args, **kwargs)
+    elif op in CONV_OPS:
         out, len_ = ref_conv(op, *args, **kwargs)
     elif op == "attention":
         out, len_ = ref_attention(*args, **kwargs)

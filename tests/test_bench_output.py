@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 
-import ascan.bench as B
-from ascan.bench import Row, Timing, main as bench_main, time_interleaved, verdict
-from ascan.claims import claims_table, main as claims_main
+import ascan.cli.bench as B
+from ascan.cli.bench import Row, Timing, main as bench_main, time_interleaved, verdict
+from ascan.cli.claims import claims_table, main as claims_main
 
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 TINY = ["--models", "ascan_t", "--batch", "1", "--size", "64", "--runs", "1", "--warmup", "0", "--no-peers"]

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from ascan.bench import main as bench_main
-from ascan.claims import claims_table, main as claims_main
+from ascan.cli.bench import main as bench_main
+from ascan.cli.claims import claims_table, main as claims_main
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None

@@ -26,8 +26,8 @@ import threading
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import fuzz_cases as FC  # noqa: E402
+import fuzz_cases as FC  # tests/ is on sys.path: pytest puts a test file's folder (no __init__.py) there
+
 
 pytestmark = pytest.mark.fuzz
 

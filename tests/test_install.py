@@ -6,20 +6,29 @@ CUDA_HOME unset, and once with ASCAN_SKIP_CUDA=1)."""
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import pathlib
 import re
 import shutil
 import stat
-import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "build_backend"))
-import ascan_build_backend as backend  # noqa: E402
-import cuda_toolkit  # noqa: E402
+
+
+def _load_build_helper(name: str):
+    """A module of build_backend/ (the build's own helpers, not an installed package), as setup.py loads it."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "build_backend" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+backend = _load_build_helper("ascan_build_backend")
+cuda_toolkit = _load_build_helper("cuda_toolkit")
 
 
 def _executable(path: pathlib.Path, body: str) -> pathlib.Path:

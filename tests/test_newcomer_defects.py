@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import ascan_kernels as K
 from ascan import AsCAN, AsCANConfig, AsCANSegmenter, AsCANUNet, UNetConfig, build_model, generate, list_models
 from ascan.layers import ConvBN
-from ascan_kernels.cpu.onednn import axis_reads_only_padding
+from ascan_kernels.ops.conv_bias_act.onednn_hazards import axis_reads_only_padding
 from ascan_kernels.testing import assert_close, assert_error_within, fused_eager_pair, machine_lacks, native_impls
 
 TINY = AsCANConfig(name="tiny_test", dims=(32, 32, 64, 64), layouts=("C", "CC", "CT", "T"), stem_chs=(16, 32))

@@ -55,3 +55,13 @@ def test_readme_segmentation_snippet_runs():
     exec(compile(code.replace("randn(1, 3, 512, 512)", "randn(1, 3, 64, 64)"), "README.md", "exec"), scope)
     assert scope["logits"].shape == (1, 150, 64, 64)
     assert [tuple(f.shape) for f in scope["feats"]] == [(1, 64, 16, 16), (1, 128, 8, 8), (1, 256, 4, 4), (1, 512, 2, 2)]
+
+
+def test_readme_op_table_matches_registry():
+    from ascan_kernels.info import op_table
+
+    text = README.read_text()
+    start = text.index("<!-- ops-table:start -->\n") + len("<!-- ops-table:start -->\n")
+    end = text.index("<!-- ops-table:end -->")
+    assert text[start:end].strip() == op_table().strip(), \
+        "run `python -m ascan_kernels --op-table` and put its output between the ops-table markers in README.md"

@@ -7,7 +7,7 @@ import torch
 import ascan_kernels as K
 from ascan import build_model, generate, list_models
 from ascan.complexity import count_params
-from ascan.unet import UNET_CONFIGS, AsCANUNet, UNetConfig, timestep_embedding
+from ascan.models.unet import UNET_CONFIGS, AsCANUNet, UNetConfig, timestep_embedding
 from ascan_kernels.testing import assert_close
 
 # Small enough for CI, with every block kind at every level kind (C, mixed, T).

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import sys
 
+from ..complexity import variants_table
+from . import bench, claims, demo
+
 USAGE = """usage: python -m ascan [COMMAND] [options]
 
 with no command: build ascan_t fused and eager, check they agree, time both, show the kernels
@@ -23,17 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # No command, or only options: the demo (`python -m ascan --batch 1`).
     cmd, rest = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else ("demo", argv)
-    if cmd == "demo":
-        from .demo import main as run
-    elif cmd == "bench":
-        from .bench import main as run
-    elif cmd == "claims":
-        from .claims import main as run
-    elif cmd == "variants":
-        from ..complexity import variants_table
+    if cmd == "variants":
         print(variants_table())
         return 0
-    else:
+    commands = {"demo": demo.main, "bench": bench.main, "claims": claims.main}
+    if cmd not in commands:
         print(f"python -m ascan: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    return run(rest)
+    return commands[cmd](rest)

@@ -36,6 +36,10 @@ from typing import Any, Callable
 
 import torch
 
+from ..complexity import count_macs, count_params
+from ..models.classifier import CONFIGS
+from ..models.registry import build_model
+
 # The paper compares against hybrid and efficient-attention nets of the same class.
 DEFAULT_PEERS = ("coatnet_0_rw_224", "maxvit_tiny_tf_224", "convnext_tiny", "fastvit_sa12", "efficientvit_b1")
 
@@ -210,8 +214,6 @@ def _autocast(device: torch.device, dtype: str):
 
 
 def _count(model_fn: Callable[[], torch.nn.Module], size: int) -> tuple[float, float | None]:
-    from ..complexity import count_macs, count_params
-
     with torch.device("meta"):
         m = model_fn()
     params = count_params(m) / 1e6
@@ -241,8 +243,6 @@ def run_bench(models: list[str], dtypes: list[str], batches: list[int], size: in
     (and its compile) is timed interleaved with ``ref_model`` fused when given.
     ``on_row(row)`` is called after every finished row (to save as it goes). A cell that
     raises gets a row with the error as its note and the run goes on."""
-    from ..models.registry import build_model
-
     warm = max(warmup, 1) if compile_ else warmup    # the first compiled call compiles: never time it
     total = (len(models) + len(peers)) * len(dtypes) * len(batches)
     bar = Progress(total, progress)
@@ -555,8 +555,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..models.classifier import CONFIGS
-
     ap = argparse.ArgumentParser(prog="python -m ascan bench", description=__doc__.split("\n\n")[0],
                                  epilog=" ".join(__doc__.split("\n\n")[2:4]), formatter_class=_HelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")

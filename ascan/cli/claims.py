@@ -18,15 +18,17 @@ import sys
 
 import torch
 
-from .bench import _HelpFormatter
+from ..complexity import count_params
+from ..models.classifier import CONFIGS
+from ..models.registry import build_model, list_models
+from ..models.unet import UNET_CONFIGS
+from .bench import (DEFAULT_PEERS, Timing, _HelpFormatter, _LoadMeter, machine_info, run_bench, to_json,
+                    verdict)
 
 NEEDS_TRAINING = "not measured: needs trained weights (no checkpoints exist for our configs) and GPU-weeks"
 
 
 def _asymmetry() -> str:
-    from ..models.classifier import CONFIGS
-    from ..models.unet import UNET_CONFIGS
-
     ok = []
     for c in CONFIGS.values():
         c_share = [lay.count("C") / len(lay) for lay in c.layouts]
@@ -39,9 +41,6 @@ def _asymmetry() -> str:
 
 
 def _params(name: str, **kw) -> float:
-    from ..complexity import count_params
-    from ..models.registry import build_model
-
     with torch.device("meta"):
         return count_params(build_model(name, **kw)) / 1e6
 
@@ -50,8 +49,6 @@ def _latency_rows(source: str | None, runs: int) -> list[dict]:
     """Rows from ``source`` (a bench.json), or measured now: ascan_t eager/fused interleaved,
     and each timm peer interleaved with ascan_t fused. Warnings (busy machine, incomplete
     file, peers not timed interleaved) go to stderr."""
-    from .bench import DEFAULT_PEERS, _LoadMeter, machine_info, run_bench, to_json
-
     if source:
         with open(source) as f:
             data = json.load(f)
@@ -81,8 +78,6 @@ def _latency_rows(source: str | None, runs: int) -> list[dict]:
 
 
 def _timing(d):
-    from .bench import Timing
-
     return Timing.from_dict(d)
 
 
@@ -103,8 +98,6 @@ def claims_table(rows: list[dict] | None) -> str:
     out.append(("text-to-image", "GenEval 0.64",
                 f"ascan_unet_t2i_xl: {_params('ascan_unet_t2i_xl') / 1e3:.2f}B params", NEEDS_TRAINING))
     if rows:
-        from .bench import verdict
-
         ours = next((r for r in rows if r["model"] == "ascan_t" and r.get("fused")), None)
         if ours:
             fused, eager = _timing(ours["fused"]), _timing(ours["eager"])
@@ -136,8 +129,6 @@ def claims_table(rows: list[dict] | None) -> str:
 
 
 def _has(name: str) -> bool:
-    from ..models.registry import list_models
-
     return name in list_models()
 
 

@@ -14,13 +14,13 @@ import time
 
 import torch
 
+import ascan_kernels as K
+
 from .bench import busy_warning, load_average, time_interleaved, verdict
 from ..models.registry import build_model, list_models
 
 
 def main(argv: list[str] | None = None) -> int:
-    import ascan_kernels as K
-
     ap = argparse.ArgumentParser(prog="python -m ascan", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", default="ascan_t", choices=[m for m in list_models() if "unet" not in m

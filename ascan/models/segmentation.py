@@ -29,7 +29,7 @@ Our choices:
   head runs at stride 4, where its cost grows with the square of the width: at 512^2
   ascan_t's backbone is 20 GMACs, a width-512 head adds 211 (the stride-4 fusing 3x3
   conv over 4 x 512 channels alone is 155), a width-256 head 53 (73 in all, measured
-  by :func:`complexity_summary`). We take the 3x cheaper model over the wider head's
+  by :func:`ascan.complexity.segmentation_summary`). We take the 3x cheaper model over the wider head's
   capacity for a tiny variant; ``head_channels=512`` gives mmseg's setting.
 * Dropout 0.1 before the classifier, as in mmseg's decode heads (``drop_rate``).
 
@@ -191,21 +191,3 @@ def ascan_s_seg(fused: bool = True, num_classes: int = 150, head_channels: int =
                 drop_path_rate: float = 0.0, drop_rate: float = 0.1) -> AsCANSegmenter:
     """ascan_s backbone + UperNet head (head width 256, ADE20K's 150 classes by default)."""
     return _create(CONFIGS["ascan_s"], fused, num_classes, head_channels, in_chans, drop_path_rate, drop_rate)
-
-
-def complexity_summary(names: tuple[str, ...] = ("ascan_t_seg", "ascan_s_seg"), resolution: int = 512) -> str:
-    """One line per segmenter: params and MACs at ``resolution``^2, total and backbone.
-
-    Built on the meta device (shapes only), counted with :mod:`ascan.complexity`.
-    """
-    from ..complexity import count_macs, count_params
-    from .registry import build_model
-
-    lines, size = [], (1, 3, resolution, resolution)
-    for n in names:
-        with torch.device("meta"):
-            m = build_model(n, fused=False)
-        lines.append(f"{n}: {count_params(m) / 1e6:.2f}M params (backbone {count_params(m.backbone) / 1e6:.2f}M), "
-                     f"{count_macs(m, size) / 1e9:.2f} GMACs @{resolution}^2 "
-                     f"(backbone {count_macs(m.backbone, size) / 1e9:.2f})")
-    return "\n".join(lines)

@@ -130,7 +130,7 @@ class GenCBlock(nn.Module):
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         scale, shift = self.film(temb).chunk(2, dim=1)
         h = self.norm2(self.expand(self.norm1(x, scale, shift)))
-        return x + self.project(h)
+        return self.project(h, residual=x)
 
 
 class GenAttention(nn.Module):

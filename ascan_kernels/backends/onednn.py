@@ -2,7 +2,7 @@
 
 PyTorch ships oneDNN's fused conv/linear primitives as ``torch.ops.mkldnn._convolution_pointwise``
 and ``_linear_pointwise`` (the ops Inductor's CPU backend lowers to). The ``cpu`` impls of
-the conv and linear ops wrap them (ascan_kernels/ops/conv_bn/cpu.py, ops/linear/cpu.py);
+the conv and linear ops wrap them (ascan_kernels/ops/conv_bias_act/cpu.py, ops/linear/cpu.py);
 this module answers, once per process, whether they exist and compute correctly, and
 whether this CPU has their bfloat16 kernels, and holds the vocabulary both wrappers
 share (the post-op names, the activation backward, when the custom-op layer is needed).
@@ -15,7 +15,7 @@ import torch
 
 from ..capabilities import Capabilities
 
-ACTIVATIONS = ("none", "gelu", "gelu_tanh")
+ACTIVATIONS = ("none", "gelu", "gelu_tanh", "silu")
 
 
 def post_op(act: str) -> tuple[str, list, str | None]:
@@ -26,14 +26,18 @@ def post_op(act: str) -> tuple[str, list, str | None]:
         return "gelu", [], "none"
     if act == "gelu_tanh":
         return "gelu", [], "tanh"
+    if act == "silu":
+        return "swish", [], None  # oneDNN's eltwise_swish with alpha 1: x * sigmoid(x)
     raise ValueError(f"unsupported activation {act!r}; expected one of {ACTIVATIONS}")
 
 
 def act_backward(grad: torch.Tensor, pre: torch.Tensor, act: str) -> torch.Tensor:
+    """The gradient through ``act`` at the pre-activation ``pre``."""
     if act == "none":
         return grad
+    if act == "silu":
+        return torch.ops.aten.silu_backward(grad, pre)
     return torch.ops.aten.gelu_backward(grad, pre, approximate="tanh" if act == "gelu_tanh" else "none")
-
 
 
 def needs_custom_op(tensors) -> bool:
@@ -104,8 +108,12 @@ def onednn_dtype_reason(dtype: torch.dtype) -> str | None:
 
 
 def onednn_capabilities() -> Capabilities:
-    """What the oneDNN-backed ``cpu`` impls take here: CPU tensors, float32, and bfloat16
-    where this CPU has oneDNN's bf16 kernels; no empty inputs."""
-    bf16 = onednn_bf16_reason()
-    return Capabilities(devices=("cpu",), dtypes=(torch.float32,) if bf16 else (torch.float32, torch.bfloat16),
-                        dtypes_note=bf16 or "", empty=False)
+    """What the oneDNN-backed ``cpu`` impls take: CPU tensors in float32 or bfloat16, no
+    empty inputs. Whether this CPU has the bf16 kernels is a per-call check
+    (:func:`onednn_machine_reason`), so that the declaration describes the code."""
+    return Capabilities(devices=("cpu",), dtypes=(torch.float32, torch.bfloat16), empty=False)
+
+
+def onednn_machine_reason(dtype: torch.dtype) -> str | None:
+    """Why this CPU cannot run the oneDNN impls in ``dtype`` (bf16 without its kernels), or None."""
+    return onednn_bf16_reason() if dtype == torch.bfloat16 else None

@@ -24,7 +24,8 @@ import re
 import subprocess
 import tempfile
 
-from ..backends.triton import KernelSpec
+from .. import ops
+from ..backends.triton import KernelSpec, interpreting
 
 # Shared memory a block may opt into, per compute capability (CUDA C programming
 # guide, "Technical specifications per compute capability").
@@ -51,7 +52,6 @@ class CompileResult:
 
 
 def check_environment() -> None:
-    from .runtime import interpreting
 
     if interpreting():
         raise RuntimeError("ascan_kernels.tools.aot: unset TRITON_INTERPRET to compile for GPUs "
@@ -144,8 +144,6 @@ def compile_spec(spec: KernelSpec, cfg, cc: int) -> CompileResult:
 def triton_modules() -> dict[str, str]:
     """op package name -> the module path of its Triton kernels, found by walking
     ascan_kernels.ops (no list to keep in step with the ops)."""
-    from .. import ops
-
     out = {}
     for info in pkgutil.iter_modules(ops.__path__):
         if info.ispkg and importlib.util.find_spec(f"{ops.__name__}.{info.name}.triton") is not None:

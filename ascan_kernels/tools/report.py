@@ -38,6 +38,9 @@ from typing import Any
 
 import torch
 
+import ascan
+import ascan_kernels as K
+
 from . import aot
 from .cuda_resources import resource_usage
 
@@ -151,8 +154,6 @@ def model_calls(name: str = "ascan_t", batch: int = 64, resolution: int = 224,
     For the UNets ``resolution`` is the latent size (a 77-token context for t2i).
     ``kwargs`` go to ``build_model`` (e.g. ``num_classes``).
     """
-    import ascan
-    import ascan_kernels as K
 
     model = ascan.build_model(name, fused=True, **kwargs).eval().to(device="meta", dtype=dtype)
     inputs = _model_inputs(model, name, batch, resolution, dtype)

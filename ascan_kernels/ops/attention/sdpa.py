@@ -18,7 +18,7 @@ def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
 
 
 # Below this many attention scores (B*H*Lq*Lk) PyTorch's CPU flash kernel in bf16/fp16
-# lost to the eager reference on our bench machine (bench/test_ops.py: 0.46x at
+# lost to the eager reference on our bench machine (bench/ops/bench_attention.py: 0.46x at
 # (16,16,49,49), 0.69x at (1,8,196,196); 2.7x faster at (16,8,196,196)), so the
 # registry does not prefer it there.
 SDPA_CPU_LOWP_MIN_SCORES = 1 << 20

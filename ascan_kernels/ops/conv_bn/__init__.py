@@ -15,18 +15,19 @@ reference (which updates the running stats) runs.
 
 This package is the op: the reference and validation here, each backend's impl next to
 it (``cpu.py``: oneDNN; ``cuda.py``: cuDNN + our epilogue kernel; ``triton.py``:
-implicit-GEMM NHWC conv), registered below.
+implicit-GEMM NHWC conv), registered below. Each impl folds BN and runs the matching impl
+of :mod:`~ascan_kernels.ops.conv_bias_act`, which owns the kernels.
 """
 from __future__ import annotations
 
 import torch.nn.functional as F
 
 from ... import _checks as chk
-from ..._common import compute_dtype, conv_out_hw, fold_bn
+from ..._common import apply_act, compute_dtype, conv_out_hw, fold_bn
 from ...backends import triton as triton_backend
 from ...registry import register_op, unavailable_impl
 from . import cpu, cuda
-from .onednn_hazards import cpu_safe_conv_operands
+from ..conv_bias_act.onednn_hazards import cpu_safe_conv_operands
 
 __all__ = ["conv_bn", "conv_bn_add", "conv_bn_gelu", "fold_bn"]
 
@@ -46,11 +47,7 @@ def _reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, r
     y = F.batch_norm(y, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps)
     if residual is not None:
         y = y + residual
-    if act == "gelu":
-        y = F.gelu(y)
-    elif act == "gelu_tanh":
-        y = F.gelu(y, approximate="tanh")
-    return y
+    return apply_act(y, act)
 
 
 def _validate(op, x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,

@@ -50,7 +50,7 @@ def supports_reason(x, num_groups, weight=None, bias=None, eps=1e-5, scale=None,
 def prefer_reason(x, num_groups, weight=None, bias=None, eps=1e-5, scale=None, shift=None) -> str | None:
     """None: picked automatically wherever it runs.
 
-    No rule needed: bench/test_ops.py::test_group_norm_silu (2 threads, AVX-512, both
+    No rule needed: bench/ops/bench_group_norm_silu.py (2 threads, AVX-512, both
     memory formats, fp32/bf16) measured it faster than eager at every shape, the
     smallest included, e.g. median ms eager -> cpu: (1, 128, 8, 8) fp32 NCHW 0.031 -> 0.020,
     (8, 384, 8, 8) bf16 NCHW 0.131 -> 0.061, (8, 128, 32, 32) fp32 channels_last

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..._common import compute_dtype, residual_needs_promotion
-from ...backends.onednn import act_backward, needs_custom_op, onednn_capabilities, onednn_unavailable_reason, post_op
+from ...backends.onednn import (act_backward, needs_custom_op, onednn_capabilities, onednn_machine_reason,
+                                onednn_unavailable_reason, post_op)
 from ...registry import Impl
 
 
@@ -83,11 +84,15 @@ def _add(x, weight, bias, residual):
     return run_linear_act(x.to(dtype), weight.to(dtype), b, residual.to(dtype), "none")
 
 
+def _supports(x, weight, bias, *args) -> str | None:
+    return onednn_machine_reason(compute_dtype(x))
+
+
 def gelu_impl() -> Impl:
-    return Impl("cpu", _gelu, caps=onednn_capabilities(), available=onednn_unavailable_reason, autograd=True,
-                doc="oneDNN matmul with a fused bias+GELU post-op")
+    return Impl("cpu", _gelu, caps=onednn_capabilities(), supports=_supports, available=onednn_unavailable_reason,
+                autograd=True, doc="oneDNN matmul with a fused bias+GELU post-op")
 
 
 def add_impl() -> Impl:
-    return Impl("cpu", _add, caps=onednn_capabilities(), available=onednn_unavailable_reason, autograd=True,
-                doc="oneDNN matmul with a fused bias + residual-add post-op")
+    return Impl("cpu", _add, caps=onednn_capabilities(), supports=_supports, available=onednn_unavailable_reason,
+                autograd=True, doc="oneDNN matmul with a fused bias + residual-add post-op")

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from ascan_kernels.triton import KERNEL_MODULES
-from ascan_kernels.triton.runtime import unavailable_reason
+from ascan_kernels.backends.triton import unavailable_reason
+from ascan_kernels.tools.aot import triton_modules
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(unavailable_reason() == "triton is not installed", reason="triton is not installed")
 
 
@@ -25,7 +25,7 @@ def _run(args, tmp_path, timeout=900):
 
 def test_checker_flags_bad_kernels(tmp_path):
     """The checks below could not fail if the checker never found anything: prove it does."""
-    p = _run([str(ROOT / "tests" / "aot" / "toys.py")], tmp_path)
+    p = _run([str(ROOT / "tests" / "tools" / "toys.py")], tmp_path)
     assert p.returncode == 0, p.stderr
     lines = {ln.split(" ", 1)[0]: ln for ln in p.stdout.splitlines()}
     assert "no mma instruction" in lines["no_dot"]
@@ -33,9 +33,9 @@ def test_checker_flags_bad_kernels(tmp_path):
     assert lines["clean"].startswith("clean ok")
 
 
-@pytest.mark.parametrize("module", list(KERNEL_MODULES))
+@pytest.mark.parametrize("module", list(triton_modules()))
 def test_kernels_compile_clean_for_sm80_and_sm90(module, tmp_path):
-    p = _run(["-m", "ascan_kernels.triton.aot", "--module", module], tmp_path)
+    p = _run(["-m", "ascan_kernels.tools.aot", "--module", module], tmp_path)
     assert p.returncode == 0, f"{p.stdout[-6000:]}\n{p.stderr[-3000:]}"
     summary = p.stdout.strip().splitlines()[-1]
     done, total = summary.split()[0].split("/")

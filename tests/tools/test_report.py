@@ -1,12 +1,12 @@
-"""The roofline half of ``python -m ascan_kernels.triton.report`` (the compile half is
-tested by test_triton_aot.py): byte/FLOP counts against hand-computed values, and the
+"""The roofline half of ``python -m ascan_kernels.tools.report`` (the compile half is
+tested by tests/tools/test_aot.py): byte/FLOP counts against hand-computed values, and the
 meta-device trace of the real models."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ascan_kernels.triton import report
+from ascan_kernels.tools import report
 
 
 def test_attention_costs_by_hand():

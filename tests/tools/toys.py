@@ -5,7 +5,8 @@ Prints one line per toy: ``<toy> <problems joined by ' | '>``.
 import triton
 import triton.language as tl
 
-from ascan_kernels.triton import aot
+from ascan_kernels.backends.triton import KernelSpec
+from ascan_kernels.tools import aot
 
 
 @triton.jit
@@ -31,16 +32,16 @@ def main():
               "BM": "constexpr", "BN": "constexpr", "BK": "constexpr"}
     toys = {
         # claims tl.dot but has none: must be flagged on both targets
-        "no_dot": (aot.KernelSpec("no_dot", _copy, copy_sig, {}, (triton.Config({"BLOCK": 256}, num_warps=4),),
-                                  uses_dot=True), 80),
+        "no_dot": (KernelSpec("no_dot", _copy, copy_sig, {}, (triton.Config({"BLOCK": 256}, num_warps=4),),
+                              uses_dot=True), 80),
         # an fp32 256x256 tile with 4 stages of 256x64 operands cannot fit sm_80's shared memory
-        "smem": (aot.KernelSpec("smem", _matmul, mm_sig, {},
-                                (triton.Config({"BM": 256, "BN": 256, "BK": 64}, num_warps=4, num_stages=4),),
-                                uses_dot=True), 80),
+        "smem": (KernelSpec("smem", _matmul, mm_sig, {},
+                            (triton.Config({"BM": 256, "BN": 256, "BK": 64}, num_warps=4, num_stages=4),),
+                            uses_dot=True), 80),
         # a clean one: the checker must not cry wolf
-        "clean": (aot.KernelSpec("clean", _matmul, mm_sig, {},
-                                 (triton.Config({"BM": 64, "BN": 64, "BK": 32}, num_warps=4, num_stages=2),),
-                                 uses_dot=True), 80),
+        "clean": (KernelSpec("clean", _matmul, mm_sig, {},
+                             (triton.Config({"BM": 64, "BN": 64, "BK": 32}, num_warps=4, num_stages=2),),
+                             uses_dot=True), 80),
     }
     for name, (spec, cc) in toys.items():
         r = aot.compile_spec(spec, spec.configs[0], cc)
