@@ -40,6 +40,15 @@ def fold_bn(
     return w, b
 
 
+# Why an impl that folds BN into the conv cannot run in training mode.
+FOLD_NEEDS_EVAL = "training-mode BatchNorm needs batch statistics; this impl folds the running stats"
+
+
+def fold_unless_given(folded, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps):
+    """``folded`` if the caller precomputed it (a model caches its fold), else :func:`fold_bn`."""
+    return folded if folded is not None else fold_bn(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
+
+
 def conv_out_hw(h: int, w: int, kh: int, kw: int, stride, padding, dilation) -> tuple[int, int]:
     ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1

@@ -143,11 +143,15 @@ def compile_spec(spec: KernelSpec, cfg, cc: int) -> CompileResult:
 
 def triton_modules() -> dict[str, str]:
     """op package name -> the module path of its Triton kernels, found by walking
-    ascan_kernels.ops (no list to keep in step with the ops)."""
+    ascan_kernels.ops (no list to keep in step with the ops). A package whose triton.py
+    only wraps another op's kernels (conv_bn folds BN, then runs conv_bias_act's) has no
+    ``aot_specs`` and is left out."""
     out = {}
     for info in pkgutil.iter_modules(ops.__path__):
-        if info.ispkg and importlib.util.find_spec(f"{ops.__name__}.{info.name}.triton") is not None:
-            out[info.name] = f"{ops.__name__}.{info.name}.triton"
+        name = f"{ops.__name__}.{info.name}.triton"
+        if info.ispkg and importlib.util.find_spec(name) is not None \
+                and hasattr(importlib.import_module(name), "aot_specs"):
+            out[info.name] = name
     return out
 
 

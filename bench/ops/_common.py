@@ -2,6 +2,7 @@
 dtypes, the impl list, a random tensor maker."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 import ascan_kernels as K
@@ -20,3 +21,16 @@ def impls(op):
 
 def randn(*shape, dtype=torch.float32):
     return torch.randn(*shape, device=DEVICE).to(dtype)
+
+
+TOKENS = [("s3", 196, 256), ("s4", 49, 512)]  # ascan_t stages 3 and 4 at 224^2: (name, L, C)
+
+
+def matrix(op, shapes):
+    """The bench grid of one op: every impl (:func:`impls`) x ``shapes`` (tuples whose first
+    entry names the shape) x fp32/bf16, as the ``impl``, ``shape`` and ``dtype`` arguments."""
+    def wrap(fn):
+        fn = pytest.mark.parametrize("impl", impls(op))(fn)
+        fn = pytest.mark.parametrize("shape", shapes, ids=[s[0] for s in shapes])(fn)
+        return pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])(fn)
+    return wrap

@@ -7,11 +7,10 @@ Groups are named ``conv_bias_act[shape dtype]`` so the ratio table puts each imp
 """
 from __future__ import annotations
 
-import pytest
 import torch
 
 from ..conftest import op_runner, run, runnable
-from ._common import B, DTYPES, S, impls, randn
+from ._common import B, S, matrix, randn
 
 OP = "conv_bias_act"
 # (name, cin, cout, k, stride, hw, residual)
@@ -22,9 +21,7 @@ CONVS = [
 ]
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", CONVS, ids=[c[0] for c in CONVS])
-@pytest.mark.parametrize("impl", impls(OP))
+@matrix(OP, CONVS)
 def test_conv_bias_act(benchmark, impl, shape, dtype):
     name, cin, cout, k, s, hw, has_res = shape
     cl = torch.channels_last

@@ -6,13 +6,12 @@ Groups are named ``op[shape dtype]`` so the ratio table puts each impl beside ea
 """
 from __future__ import annotations
 
-import pytest
 import torch
 
 import ascan_kernels as K
 
 from ..conftest import DEVICE, op_runner, run, runnable
-from ._common import B, DTYPES, S, impls, randn
+from ._common import B, S, matrix, randn
 
 
 # (name, cin, cout, k, stride, hw): the convs of ascan_t at 224^2
@@ -31,9 +30,7 @@ def conv_inputs(cin, cout, k, hw, dtype):
     return x, w, bn, folded
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", CONVS, ids=[c[0] for c in CONVS])
-@pytest.mark.parametrize("impl", impls("conv_bn_gelu"))
+@matrix("conv_bn_gelu", CONVS)
 def test_conv_bn_gelu(benchmark, impl, shape, dtype):
     name, cin, cout, k, s, hw = shape
     x, w, bn, folded = conv_inputs(cin, cout, k, hw, dtype)
@@ -42,9 +39,7 @@ def test_conv_bn_gelu(benchmark, impl, shape, dtype):
     run(benchmark, call, f"conv_bn_gelu[{name} {tuple(x.shape)} {dtype}]", impl)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", PROJ, ids=[c[0] for c in PROJ])
-@pytest.mark.parametrize("impl", impls("conv_bn_add"))
+@matrix("conv_bn_add", PROJ)
 def test_conv_bn_add(benchmark, impl, shape, dtype):
     name, cin, cout, k, s, hw = shape
     x, w, bn, folded = conv_inputs(cin, cout, k, hw, dtype)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ..conftest import op_runner, run, runnable
-from ._common import B, DTYPES, S, impls, randn
+from ._common import B, S, matrix, randn
 
 
 # (name, N, C, hw): GroupNorm+SiLU inputs of the generation UNets (ascan/unet.py: 32x32
@@ -21,9 +21,7 @@ GN_FORMATS = {"cl": torch.channels_last, "nchw": torch.contiguous_format}
 
 
 @pytest.mark.parametrize("fmt", list(GN_FORMATS))
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", GN, ids=[g[0] for g in GN])
-@pytest.mark.parametrize("impl", impls("group_norm_silu"))
+@matrix("group_norm_silu", GN)
 def test_group_norm_silu(benchmark, impl, shape, dtype, fmt):
     name, n, C, hw = shape
     x = randn(n, C, max(hw // S, 1), max(hw // S, 1)).to(dtype).contiguous(memory_format=GN_FORMATS[fmt])

@@ -5,19 +5,13 @@ Groups are named ``op[shape dtype]`` so the ratio table puts each impl beside ea
 """
 from __future__ import annotations
 
-import pytest
 import torch
 
 from ..conftest import op_runner, run, runnable
-from ._common import B, DTYPES, S, impls, randn
+from ._common import B, S, matrix, randn, TOKENS
 
 
-TOKENS = [("s3", 196, 256), ("s4", 49, 512)]  # ascan_t stages 3 and 4 at 224^2: (name, L, C)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", TOKENS, ids=[t[0] for t in TOKENS])
-@pytest.mark.parametrize("impl", impls("add_layer_norm"))
+@matrix("add_layer_norm", TOKENS)
 def test_add_layer_norm(benchmark, impl, shape, dtype):
     name, L, C = shape
     x, r = randn(B, L, C).to(dtype), randn(B, L, C).to(dtype)
@@ -28,9 +22,7 @@ def test_add_layer_norm(benchmark, impl, shape, dtype):
             impl, rounds=50)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", TOKENS, ids=[t[0] for t in TOKENS])
-@pytest.mark.parametrize("impl", impls("layer_norm"))
+@matrix("layer_norm", TOKENS)
 def test_layer_norm(benchmark, impl, shape, dtype):
     name, L, C = shape
     x = randn(B, L, C).to(dtype)

@@ -5,19 +5,13 @@ Groups are named ``op[shape dtype]`` so the ratio table puts each impl beside ea
 """
 from __future__ import annotations
 
-import pytest
 import torch
 
 from ..conftest import op_runner, run, runnable
-from ._common import B, DTYPES, S, impls, randn
+from ._common import B, S, matrix, randn, TOKENS
 
 
-TOKENS = [("s3", 196, 256), ("s4", 49, 512)]  # ascan_t stages 3 and 4 at 224^2: (name, L, C)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", TOKENS, ids=[t[0] for t in TOKENS])
-@pytest.mark.parametrize("impl", impls("linear_gelu"))
+@matrix("linear_gelu", TOKENS)
 def test_linear_gelu(benchmark, impl, shape, dtype):
     name, L, C = shape
     x = randn(B, L, C).to(dtype)
@@ -27,9 +21,7 @@ def test_linear_gelu(benchmark, impl, shape, dtype):
     run(benchmark, call, f"linear_gelu[{name} {tuple(x.shape)} {dtype}]", impl)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", TOKENS, ids=[t[0] for t in TOKENS])
-@pytest.mark.parametrize("impl", impls("linear_add"))
+@matrix("linear_add", TOKENS)
 def test_linear_add(benchmark, impl, shape, dtype):
     name, L, C = shape
     x, r = randn(B, L, 4 * C).to(dtype), randn(B, L, C).to(dtype)

@@ -107,6 +107,13 @@ def check_lowp(actual, lowp_eager, ref32, dtype):
         assert_error_within(actual, lowp_eager, ref32, floor=LOWP[dtype])
 
 
+def raises_ascan_error(name, call, msg):
+    """``call()`` (one of a test file's ``cuda_bad_cases``, named ``name``) must raise the
+    extension's TORCH_CHECK error, whose message starts ``ascan <msg>``."""
+    with pytest.raises(RuntimeError, match=f"ascan {msg}"):
+        call()
+
+
 def cuda_forced(op):
     return K.use(**{op: "cuda"})
 

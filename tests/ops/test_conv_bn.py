@@ -20,7 +20,7 @@ from ascan_kernels.testing import (assert_close, assert_error_within, grads_by_i
                                    skip_if_machine_lacks)
 
 from _helpers import (DT_IDS, HAS_NORM_ACT, KERNEL_DTYPES, TRITON_DEV, check_lowp, cpu_rand, cuda_forced,
-                      cuda_ops_on_cpu, fmt, needs_gpu, needs_ops, needs_triton)
+                      cuda_ops_on_cpu, fmt, needs_gpu, needs_ops, needs_triton, raises_ascan_error)
 
 FUSED = native_impls("conv_bn_gelu")
 DTYPES = [torch.float32, torch.bfloat16]
@@ -558,9 +558,7 @@ def cuda_bad_cases():
 @needs_ops
 @pytest.mark.parametrize("case", cuda_bad_cases(), ids=lambda c: c[0])
 def test_cuda_bad_input_names_the_op_and_problem(case):
-    _, call, msg = case
-    with pytest.raises(RuntimeError, match=f"ascan {msg}"):
-        call()
+    raises_ascan_error(*case)
 
 
 # ------------------------------------------------------------------------- GPU parity (skip on CPU)

@@ -27,7 +27,7 @@ from ascan_kernels.ops.group_norm_silu import group_norm_silu_reference as refer
 from ascan_kernels.testing import assert_close, assert_error_within
 
 from _helpers import (DT_IDS, HAS_NORM_ACT, KERNEL_DTYPES, check_lowp, check_lowp_ulps, cpu_rand, cuda_forced, eager,
-                      fmt, fp32, needs_gpu, needs_ops, needs_triton, triton_forced, triton_rand, triton_reason)
+                      fmt, fp32, needs_gpu, needs_ops, needs_triton, triton_forced, triton_rand, triton_reason, raises_ascan_error)
 
 # ============================================================================== cpu impl
 needs_cpu = pytest.mark.skipif(K.available("group_norm_silu").get("cpu") != "ok",
@@ -443,9 +443,7 @@ def cuda_bad_cases():
 @needs_ops
 @pytest.mark.parametrize("case", cuda_bad_cases(), ids=lambda c: c[0])
 def test_cuda_bad_input_names_the_op_and_problem(case):
-    _, call, msg = case
-    with pytest.raises(RuntimeError, match=f"ascan {msg}"):
-        call()
+    raises_ascan_error(*case)
 
 
 @needs_ops

@@ -29,7 +29,7 @@ from ascan_kernels.testing import assert_close, assert_error_within, grads_by_im
 
 from _helpers import (DT_IDS, EXT, HAS_NORM_ACT, KERNEL_DTYPES, LOWP, TRITON_DEV, WHY, check_lowp, check_lowp_ulps,
                       cpu_rand, cuda_forced, cuda_ops_on_cpu, eager, needs_gpu, needs_ops, needs_triton,
-                      triton_forced, triton_rand, triton_reason)
+                      triton_forced, triton_rand, triton_reason, raises_ascan_error)
 
 
 def fused_impls(op):
@@ -604,9 +604,7 @@ def cuda_bad_cases():
 @needs_ops
 @pytest.mark.parametrize("case", cuda_bad_cases(), ids=lambda c: c[0])
 def test_cuda_bad_input_names_the_op_and_problem(case):
-    _, call, msg = case
-    with pytest.raises(RuntimeError, match=f"ascan {msg}"):
-        call()
+    raises_ascan_error(*case)
 
 
 @needs_ops

@@ -19,7 +19,7 @@ from ...registry import register_op, unavailable_impl
 from . import cpu, cuda
 from .onednn_hazards import cpu_safe_conv_operands
 
-__all__ = ["ACTS", "conv_bias_act", "conv_bias_act_reference"]
+__all__ = ["ACTS", "conv_bias_act", "conv_bias_act_reference", "validate_conv"]
 
 OP = "conv_bias_act"
 ACTS = ("none", "gelu", "gelu_tanh", "silu")
@@ -41,31 +41,38 @@ def conv_bias_act_reference(x, weight, bias, residual, stride, padding, dilation
     return apply_act(y, act)
 
 
-def _validate(x, weight, bias, residual, stride, padding, dilation, groups, act):
-    chk.tensor(OP, "x", x, ndim=4)
-    chk.tensor(OP, "weight", weight, ndim=4)
+def validate_conv(op, x, weight, bias, residual, stride, padding, dilation, groups, act, acts) -> None:
+    """The checks every conv op makes (this one and the conv_bn ops): 4-D x and weight,
+    channels and groups, bias and residual shapes, the activation among ``acts``, the
+    geometry. Raises ValueError / TypeError naming ``op``."""
+    chk.tensor(op, "x", x, ndim=4)
+    chk.tensor(op, "weight", weight, ndim=4)
     if not isinstance(groups, int) or groups < 1:
-        chk.fail(OP, f"groups must be a positive int, got {groups!r}")
+        chk.fail(op, f"groups must be a positive int, got {groups!r}")
     cout, cin_g = weight.shape[0], weight.shape[1]
     if x.shape[1] != cin_g * groups:
-        chk.fail(OP, f"x has {x.shape[1]} channels but weight expects {cin_g * groups} "
+        chk.fail(op, f"x has {x.shape[1]} channels but weight expects {cin_g * groups} "
                      f"(weight {tuple(weight.shape)}, groups={groups})")
     if cout % groups:
-        chk.fail(OP, f"out channels {cout} not divisible by groups={groups}")
+        chk.fail(op, f"out channels {cout} not divisible by groups={groups}")
     if bias is not None:
-        chk.tensor(OP, "bias", bias, ndim=1)
-        chk.shape(OP, "bias", bias, (cout,))
-    if act not in ACTS:
-        chk.fail(OP, f"activation {act!r} not supported; expected one of {ACTS}")
+        chk.tensor(op, "bias", bias, ndim=1)
+        chk.shape(op, "bias", bias, (cout,))
+    if act not in acts:
+        chk.fail(op, f"activation {act!r} not supported; expected one of {acts}")
     if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
-        chk.fail(OP, f"invalid stride={stride} padding={padding} dilation={dilation}")
+        chk.fail(op, f"invalid stride={stride} padding={padding} dilation={dilation}")
     ho, wo = conv_out_hw(x.shape[2], x.shape[3], weight.shape[2], weight.shape[3], stride, padding, dilation)
     if ho < 1 or wo < 1:
-        chk.fail(OP, f"input {tuple(x.shape[2:])} is too small for kernel {tuple(weight.shape[2:])} "
+        chk.fail(op, f"input {tuple(x.shape[2:])} is too small for kernel {tuple(weight.shape[2:])} "
                      f"with padding={padding}, dilation={dilation}")
     if residual is not None:
-        chk.tensor(OP, "residual", residual, ndim=4)
-        chk.shape(OP, "residual", residual, (x.shape[0], cout, ho, wo))
+        chk.tensor(op, "residual", residual, ndim=4)
+        chk.shape(op, "residual", residual, (x.shape[0], cout, ho, wo))
+
+
+def _validate(x, weight, bias, residual, stride, padding, dilation, groups, act):
+    validate_conv(OP, x, weight, bias, residual, stride, padding, dilation, groups, act, ACTS)
     chk.same_device(OP, x=x, weight=weight, bias=bias, residual=residual)
     chk.same_dtype(OP, x=x, weight=weight, bias=bias)
 

@@ -27,6 +27,7 @@ from ..._common import apply_act, compute_dtype, conv_out_hw, fold_bn
 from ...backends import triton as triton_backend
 from ...registry import register_op, unavailable_impl
 from . import cpu, cuda
+from ..conv_bias_act import validate_conv
 from ..conv_bias_act.onednn_hazards import cpu_safe_conv_operands
 
 __all__ = ["conv_bn", "conv_bn_add", "conv_bn_gelu", "fold_bn"]
@@ -52,37 +53,19 @@ def _reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, r
 
 def _validate(op, x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
               stride, padding, dilation, groups, training, act, folded=None):
-    chk.tensor(op, "x", x, ndim=4)
-    chk.tensor(op, "weight", weight, ndim=4)
-    if not isinstance(groups, int) or groups < 1:
-        chk.fail(op, f"groups must be a positive int, got {groups!r}")
-    cout, cin_g = weight.shape[0], weight.shape[1]
-    if x.shape[1] != cin_g * groups:
-        chk.fail(op, f"x has {x.shape[1]} channels but weight expects {cin_g * groups} "
-                     f"(weight {tuple(weight.shape)}, groups={groups})")
-    if cout % groups:
-        chk.fail(op, f"out channels {cout} not divisible by groups={groups}")
-    for n, t in (("bias", bias), ("bn_weight", bn_weight), ("bn_bias", bn_bias),
-                 ("running_mean", running_mean), ("running_var", running_var)):
+    validate_conv(op, x, weight, bias, residual, stride, padding, dilation, groups, act, _ACT[op])
+    cout = weight.shape[0]
+    for n, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias), ("running_mean", running_mean),
+                 ("running_var", running_var)):
         if t is not None:
             chk.tensor(op, n, t, ndim=1)
             chk.shape(op, n, t, (cout,))
-    if act not in _ACT[op]:
-        chk.fail(op, f"activation {act!r} not supported; expected one of {_ACT[op]}")
-    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
-        chk.fail(op, f"invalid stride={stride} padding={padding} dilation={dilation}")
-    ho, wo = conv_out_hw(x.shape[2], x.shape[3], weight.shape[2], weight.shape[3], stride, padding, dilation)
-    if ho < 1 or wo < 1:
-        chk.fail(op, f"input {tuple(x.shape[2:])} is too small for kernel {tuple(weight.shape[2:])} "
-                     f"with padding={padding}, dilation={dilation}")
-    if residual is not None:
-        chk.tensor(op, "residual", residual, ndim=4)
-        chk.shape(op, "residual", residual, (x.shape[0], cout, ho, wo))
     chk.same_device(op, x=x, weight=weight, bias=bias, bn_weight=bn_weight, bn_bias=bn_bias,
                     running_mean=running_mean, running_var=running_var, residual=residual)
     chk.same_dtype(op, x=x, weight=weight, residual=residual)
     if running_mean is None and not training:
         chk.fail(op, "inference needs running_mean/running_var (BatchNorm with track_running_stats)")
+    ho, wo = conv_out_hw(x.shape[2], x.shape[3], weight.shape[2], weight.shape[3], stride, padding, dilation)
     if training and x.shape[0] * ho * wo == 1:
         chk.fail(op, f"training-mode BatchNorm needs more than one value per channel, but input {tuple(x.shape)} "
                      f"gives a {x.shape[0]}x{cout}x{ho}x{wo} conv output (use a batch of 2 or more, or eval mode)")

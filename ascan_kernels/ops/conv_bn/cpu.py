@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._common import compute_dtype, fold_bn
+from ..._common import FOLD_NEEDS_EVAL, compute_dtype, fold_unless_given
 from ...backends.onednn import onednn_capabilities, onednn_unavailable_reason
 from ...registry import Impl
 from ..conv_bias_act.cpu import conv_cpu, conv_reason, geometry_reason
@@ -12,9 +12,8 @@ from ..conv_bias_act.cpu import conv_cpu, conv_reason, geometry_reason
 
 def _supports(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
               stride, padding, dilation, groups, eps, momentum, training, act, folded):
-    if training:
-        return "training-mode BatchNorm needs batch statistics; this impl folds the running stats"
-    return geometry_reason(x, weight, stride, padding, dilation) or conv_reason(x, weight, groups)
+    return (FOLD_NEEDS_EVAL if training else None) or geometry_reason(x, weight, stride, padding, dilation) \
+        or conv_reason(x, weight, groups)
 
 
 def _prefer(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
@@ -30,9 +29,8 @@ def _prefer(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, resi
 def _cpu(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
          stride, padding, dilation, groups, eps, momentum, training, act, folded):
     """Folded BN + one oneDNN conv with bias/residual/GELU post-ops; channels_last out."""
-    if folded is None:
-        folded = fold_bn(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
-    return conv_cpu(x, folded[0], folded[1], residual, stride, padding, dilation, groups, act)
+    w, b = fold_unless_given(folded, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
+    return conv_cpu(x, w, b, residual, stride, padding, dilation, groups, act)
 
 
 def impl() -> Impl:

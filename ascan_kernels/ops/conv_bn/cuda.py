@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from ..._common import fold_bn
+from ..._common import FOLD_NEEDS_EVAL, fold_unless_given
 from ...backends import cuda as backend
 from ...registry import Impl
 from ..conv_bias_act.cuda import KERNELS, act_reason, conv_cuda
@@ -13,17 +13,14 @@ from ..conv_bias_act.cuda import KERNELS, act_reason, conv_cuda
 
 def _supports(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
               stride, padding, dilation, groups, eps, momentum, training, act, folded):
-    if training:
-        return "training-mode BatchNorm needs batch statistics; this impl folds the running stats"
-    return act_reason(act)
+    return FOLD_NEEDS_EVAL if training else act_reason(act)
 
 
 def _conv(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
           stride, padding, dilation, groups, eps, momentum, training, act, folded):
     """act(conv2d(x, w') + b' (+ residual)) with (w', b') = fold_bn(...)."""
-    if folded is None:
-        folded = fold_bn(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
-    return conv_cuda(x, folded[0], folded[1], residual, stride, padding, dilation, groups, act)
+    w, b = fold_unless_given(folded, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
+    return conv_cuda(x, w, b, residual, stride, padding, dilation, groups, act)
 
 
 def impl() -> Impl:

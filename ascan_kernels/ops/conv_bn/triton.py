@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._common import compute_dtype, fold_bn
+from ..._common import FOLD_NEEDS_EVAL, compute_dtype, fold_bn
 from ...backends import triton as runtime
 from ...registry import Impl
 from ..conv_bias_act.triton import _cached_gemm_weight, gemm_weight, geometry_reason, prefer_reason, run
@@ -13,9 +13,7 @@ from ..conv_bias_act.triton import _cached_gemm_weight, gemm_weight, geometry_re
 
 def _supports(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
               stride, padding, dilation, groups, eps, momentum, training, act, folded):
-    if training:
-        return "training-mode BatchNorm needs batch statistics; this impl folds the running stats"
-    return geometry_reason(x, weight, residual, stride, padding, dilation, groups, act)
+    return FOLD_NEEDS_EVAL if training else geometry_reason(x, weight, residual, stride, padding, dilation, groups, act)
 
 
 def _triton(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
