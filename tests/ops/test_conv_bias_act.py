@@ -340,3 +340,15 @@ def test_cuda_gpu_parity(act, dtype):
         assert_close(got.cpu(), want, dtype=torch.float16)  # cuDNN may pick tf32 algorithms
     else:
         assert_error_within(got.cpu(), lowp.cpu(), want, factor=2.0, floor=1e-2)
+
+
+@pytest.mark.skipif("cpu" not in NATIVE, reason="oneDNN path unavailable")
+def test_cpu_not_preferred_where_measured_slower_but_forcible():
+    x, w, b, r = make(8, 16, 1, residual=True)
+    with torch.no_grad(), K.trace() as t:
+        K.conv_bias_act(x, w, b, r)                  # fp32, no activation: eager was faster
+        K.conv_bias_act(x, w, b, r, act="gelu")      # an activation to fuse: oneDNN
+        with K.use(conv_bias_act="cpu"):
+            K.conv_bias_act(x, w, b, r)
+    assert t.impls(OP) == ["eager", "cpu", "cpu"]
+    assert dict(t.records[0].skipped)["cpu"].startswith("not preferred: float32 conv + bias")
