@@ -41,10 +41,10 @@ def conv_bias_act_reference(x, weight, bias, residual, stride, padding, dilation
     return apply_act(y, act)
 
 
-def validate_conv(op, x, weight, bias, residual, stride, padding, dilation, groups, act, acts) -> None:
+def validate_conv(op, x, weight, bias, residual, stride, padding, dilation, groups, act, acts) -> tuple[int, int]:
     """The checks every conv op makes (this one and the conv_bn ops): 4-D x and weight,
     channels and groups, bias and residual shapes, the activation among ``acts``, the
-    geometry. Raises ValueError / TypeError naming ``op``."""
+    geometry. Raises ValueError / TypeError naming ``op``; returns the output size (Ho, Wo)."""
     chk.tensor(op, "x", x, ndim=4)
     chk.tensor(op, "weight", weight, ndim=4)
     if not isinstance(groups, int) or groups < 1:
@@ -69,6 +69,7 @@ def validate_conv(op, x, weight, bias, residual, stride, padding, dilation, grou
     if residual is not None:
         chk.tensor(op, "residual", residual, ndim=4)
         chk.shape(op, "residual", residual, (x.shape[0], cout, ho, wo))
+    return ho, wo
 
 
 def _validate(x, weight, bias, residual, stride, padding, dilation, groups, act):

@@ -46,10 +46,9 @@ def _conv2d_bias_act(
         y = conv(x, weight, bias, padding, stride, dilation, groups, attr, scalars, algo)
     else:
         residual = residual.contiguous(memory_format=cl)
-        y = apply_act(conv.binary(x, residual, weight, bias, padding, stride, dilation, groups, "add", None, None, [],
-                              None), act)
+        y = conv.binary(x, residual, weight, bias, padding, stride, dilation, groups, "add", None, None, [], None)
+        y = apply_act(y, act, inplace=True)  # y is this call's own output
     return y.contiguous(memory_format=cl)
-
 
 
 conv2d_bias_act = torch.library.custom_op("ascan::conv2d_bias_act", _conv2d_bias_act, mutates_args=())

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ... import _checks as chk
-from ..._common import apply_act, compute_dtype, conv_out_hw, fold_bn
+from ..._common import apply_act, compute_dtype, fold_bn
 from ...backends import triton as triton_backend
 from ...registry import register_op, unavailable_impl
 from . import cpu, cuda
@@ -53,7 +53,7 @@ def _reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, r
 
 def _validate(op, x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
               stride, padding, dilation, groups, training, act, folded=None):
-    validate_conv(op, x, weight, bias, residual, stride, padding, dilation, groups, act, _ACT[op])
+    ho, wo = validate_conv(op, x, weight, bias, residual, stride, padding, dilation, groups, act, _ACT[op])
     cout = weight.shape[0]
     for n, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias), ("running_mean", running_mean),
                  ("running_var", running_var)):
@@ -65,7 +65,6 @@ def _validate(op, x, weight, bias, bn_weight, bn_bias, running_mean, running_var
     chk.same_dtype(op, x=x, weight=weight, residual=residual)
     if running_mean is None and not training:
         chk.fail(op, "inference needs running_mean/running_var (BatchNorm with track_running_stats)")
-    ho, wo = conv_out_hw(x.shape[2], x.shape[3], weight.shape[2], weight.shape[3], stride, padding, dilation)
     if training and x.shape[0] * ho * wo == 1:
         chk.fail(op, f"training-mode BatchNorm needs more than one value per channel, but input {tuple(x.shape)} "
                      f"gives a {x.shape[0]}x{cout}x{ho}x{wo} conv output (use a batch of 2 or more, or eval mode)")
