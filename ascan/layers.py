@@ -56,7 +56,8 @@ class ConvBN(nn.Module):
         self._folded: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.fused:
+        # SyncBatchNorm (distributed training) must compute its own cross-rank statistics
+        if not self.fused or (self.training and isinstance(self.bn, nn.SyncBatchNorm)):
             y = self.bn(self.conv(x))
             if residual is not None:
                 y = y + residual

@@ -1,10 +1,11 @@
-"""The command line: ``python -m ascan [demo|bench|claims|variants]`` (one module per command)."""
+"""The command line: ``python -m ascan [demo|bench|claims|variants|train|validate|train-diffusion]``
+(one module per command)."""
 from __future__ import annotations
 
 import sys
 
 from ..complexity import variants_table
-from . import bench, claims, demo
+from . import bench, claims, demo, train
 
 USAGE = """usage: python -m ascan [COMMAND] [options]
 
@@ -16,6 +17,9 @@ commands:
   bench     latency of the classifiers (eager, fused, compile) and timm peers; table, JSON, PNG
   claims    the paper's headline claims next to what is measured or computed here
   variants  parameters and MACs of every classifier variant (the README's table)
+  train     train a classifier (no options: ascan_t on the embedded digits); torchrun for DDP/FSDP2
+  validate  held-out top-1 of a classifier checkpoint
+  train-diffusion  train a diffusion UNet (no options: class-conditional on the digits, PNG grid)
 """
 
 
@@ -29,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "variants":
         print(variants_table())
         return 0
-    commands = {"demo": demo.main, "bench": bench.main, "claims": claims.main}
+    commands = {"demo": demo.main, "bench": bench.main, "claims": claims.main, "train": train.train_main,
+                "validate": train.validate_main, "train-diffusion": train.diffusion_main}
     if cmd not in commands:
         print(f"python -m ascan: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return 2

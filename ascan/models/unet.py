@@ -347,6 +347,9 @@ class AsCANUNet(nn.Module):
 # class-conditional models compare with the usual ImageNet-256 baselines; t2i XL is
 # SDXL-class (SDXL's UNet is ~2.6B) with SDXL's widths and a 2048-wide context.
 UNET_CONFIGS: dict[str, UNetConfig] = {c.name: c for c in (
+    UNetConfig("ascan_unet_c2i_t", channels=(64, 128, 128), layouts=("CC", "CT", "TT"), mid_layout="TT",
+               head_dim=32, groups=16, notes="Tiny class-conditional model: trains on a CPU in minutes "
+               "(the embedded digits, `python -m ascan train-diffusion`)."),
     UNetConfig("ascan_unet_c2i_s", channels=(128, 256, 384), layouts=("CC", "CT", "TT"), mid_layout="TT",
                notes="CI-fast class-conditional model."),
     UNetConfig("ascan_unet_c2i_b", channels=(192, 384, 768), layouts=("CC", "CCT", "TTTT"), mid_layout="TTTT",
@@ -360,39 +363,46 @@ UNET_CONFIGS: dict[str, UNetConfig] = {c.name: c for c in (
 )}
 
 
-def _c2i(cfg: UNetConfig, fused: bool, num_classes: int) -> AsCANUNet:
-    return AsCANUNet(cfg, num_classes=num_classes, fused=fused)
+def _c2i(cfg: UNetConfig, fused: bool, num_classes: int, in_channels: int) -> AsCANUNet:
+    return AsCANUNet(dataclasses.replace(cfg, in_channels=in_channels), num_classes=num_classes, fused=fused)
 
 
-def _t2i(cfg: UNetConfig, fused: bool, context_dim: int | None) -> AsCANUNet:
+def _t2i(cfg: UNetConfig, fused: bool, context_dim: int | None, in_channels: int) -> AsCANUNet:
+    cfg = dataclasses.replace(cfg, in_channels=in_channels)
     return AsCANUNet(cfg if context_dim is None else dataclasses.replace(cfg, context_dim=context_dim), fused=fused)
 
 
 @register_model
-def ascan_unet_c2i_s(fused: bool = True, num_classes: int = 1000) -> AsCANUNet:
+def ascan_unet_c2i_t(fused: bool = True, num_classes: int = 1000, in_channels: int = 4) -> AsCANUNet:
+    """Class-conditional AsCAN UNet, tiny: CPU-trainable in minutes (``UNET_CONFIGS["ascan_unet_c2i_t"]``)."""
+    return _c2i(UNET_CONFIGS["ascan_unet_c2i_t"], fused, num_classes, in_channels)
+
+
+@register_model
+def ascan_unet_c2i_s(fused: bool = True, num_classes: int = 1000, in_channels: int = 4) -> AsCANUNet:
     """Class-conditional AsCAN UNet, small: CI-fast (``UNET_CONFIGS["ascan_unet_c2i_s"]``)."""
-    return _c2i(UNET_CONFIGS["ascan_unet_c2i_s"], fused, num_classes)
+    return _c2i(UNET_CONFIGS["ascan_unet_c2i_s"], fused, num_classes, in_channels)
 
 
 @register_model
-def ascan_unet_c2i_b(fused: bool = True, num_classes: int = 1000) -> AsCANUNet:
+def ascan_unet_c2i_b(fused: bool = True, num_classes: int = 1000, in_channels: int = 4) -> AsCANUNet:
     """Class-conditional AsCAN UNet, base: DiT-B-class parameter count."""
-    return _c2i(UNET_CONFIGS["ascan_unet_c2i_b"], fused, num_classes)
+    return _c2i(UNET_CONFIGS["ascan_unet_c2i_b"], fused, num_classes, in_channels)
 
 
 @register_model
-def ascan_unet_c2i_xl(fused: bool = True, num_classes: int = 1000) -> AsCANUNet:
+def ascan_unet_c2i_xl(fused: bool = True, num_classes: int = 1000, in_channels: int = 4) -> AsCANUNet:
     """Class-conditional AsCAN UNet, XL: DiT-XL-class parameter count."""
-    return _c2i(UNET_CONFIGS["ascan_unet_c2i_xl"], fused, num_classes)
+    return _c2i(UNET_CONFIGS["ascan_unet_c2i_xl"], fused, num_classes, in_channels)
 
 
 @register_model
-def ascan_unet_t2i_s(fused: bool = True, context_dim: int | None = None) -> AsCANUNet:
+def ascan_unet_t2i_s(fused: bool = True, context_dim: int | None = None, in_channels: int = 4) -> AsCANUNet:
     """Text-to-image AsCAN UNet, small: CI-fast, CLIP-L-width (768) context by default."""
-    return _t2i(UNET_CONFIGS["ascan_unet_t2i_s"], fused, context_dim)
+    return _t2i(UNET_CONFIGS["ascan_unet_t2i_s"], fused, context_dim, in_channels)
 
 
 @register_model
-def ascan_unet_t2i_xl(fused: bool = True, context_dim: int | None = None) -> AsCANUNet:
+def ascan_unet_t2i_xl(fused: bool = True, context_dim: int | None = None, in_channels: int = 4) -> AsCANUNet:
     """Text-to-image AsCAN UNet, XL: SDXL-class (SDXL's widths, 2048-wide context by default)."""
-    return _t2i(UNET_CONFIGS["ascan_unet_t2i_xl"], fused, context_dim)
+    return _t2i(UNET_CONFIGS["ascan_unet_t2i_xl"], fused, context_dim, in_channels)
