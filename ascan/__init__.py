@@ -8,7 +8,8 @@
 The layout: ``models/`` (one file per family, one registration per variant), ``layers``
 (the blocks and the leaf layers that own the fused switch), ``checks`` (input checks the
 models share), ``sampling`` (DDIM + classifier-free guidance), ``complexity`` (params and
-MACs), ``cli/`` (``python -m ascan ...``).
+MACs), ``train/`` (``fit``, ``fit_diffusion``, ``validate``: imported on demand, it needs
+the ``train`` extra), ``cli/`` (``python -m ascan ...``).
 """
 from ascan_kernels._version import __version__
 

@@ -4,7 +4,9 @@
 * :func:`conv_out_hw`: a conv's output size;
 * :func:`compute_dtype`, :func:`autocast_enabled`, :func:`residual_needs_promotion`: what
   autocast does to an op's dtypes;
-* :func:`memory_format_of`, :func:`version_key`: layouts and cache keys.
+* :func:`memory_format_of`, :func:`version_key`: layouts and cache keys;
+* :func:`training_call`, :data:`SLOWER_IN_TRAINING`: the prefer rule of fused impls whose
+  backward costs more than the eager op's.
 """
 from __future__ import annotations
 
@@ -111,3 +113,16 @@ def apply_act(y: torch.Tensor, act: str, *, inplace: bool = False) -> torch.Tens
     if act == "silu":
         return torch.nn.functional.silu(y, inplace=inplace)
     return y
+
+
+def training_call(*tensors) -> bool:
+    """Whether autograd records this call (grad mode on and an input requires grad)."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+# Forward + backward of the oneDNN/C++ CPU impls against eager at the default trainers'
+# shapes (ascan_t at 32x32, ascan_unet_c2i_t at 8x8, batch 64; fp32, AVX2 dev machine, 30
+# interleaved reps; `python -m bench.train_ops`, and bench/test_train.py for whole steps):
+# linear_gelu 0.80x-0.94x (its backward recomputes the GEMM for GELU's input),
+# linear_add 0.86x-0.96x, add_layer_norm 0.64x. bf16 could not be measured here.
+SLOWER_IN_TRAINING = "under autograd: forward + backward measured {} of eager (fp32, CPU)"

@@ -15,7 +15,7 @@ from ascan.train.optim import param_groups
 CASES = {
     "ascan_t@digits32": ("ascan_t", dict(num_classes=10, in_chans=1), (1, 32, 32)),
     "ascan_t@224": ("ascan_t", dict(num_classes=1000), (3, 224, 224)),
-    "ascan_unet_c2i_t@digits16": ("ascan_unet_c2i_t", dict(num_classes=10, in_channels=1), (1, 16, 16)),
+    "ascan_unet_c2i_t@digits8": ("ascan_unet_c2i_t", dict(num_classes=10, in_channels=1), (1, 8, 8)),
 }
 ROWS = ("eager", "fused", "compile(eager)")
 

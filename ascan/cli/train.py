@@ -14,6 +14,9 @@ import sys
 import typing
 from pathlib import Path
 
+from .. import train as T
+from ..train import classify, diffusion
+
 HELP = {
     "model": "model name (python -m ascan variants; UNets: ascan_unet_*)",
     "data": "'digits' (the embedded data set) or an ImageFolder root (with train/ and val/, or split by --holdout)",
@@ -105,8 +108,6 @@ def _config(cls, args: argparse.Namespace, defaults: dict, prog: str):
 
 
 def _run(prog: str, argv: list[str], cls_name: str) -> int:
-    from .. import train as T
-    from ..train import classify, diffusion
     cls = {"classify": classify.ClassifierConfig, "diffusion": diffusion.DiffusionConfig}[cls_name]
     defaults = {"classify": classify.DEFAULTS_DIGITS, "diffusion": diffusion.DEFAULTS_DIGITS}[cls_name]
     doc = {"classify": "Train an AsCAN classifier (no arguments: ascan_t on the embedded digits, ~5 min on 2 cores).",
@@ -147,7 +148,6 @@ def diffusion_main(argv: list[str]) -> int:
 
 
 def validate_main(argv: list[str]) -> int:
-    from ..train import CheckpointError, DataError, validate
     ap = argparse.ArgumentParser(prog="python -m ascan validate",
                                  description="Held-out top-1 of a classifier checkpoint.")
     ap.add_argument("--checkpoint", required=True,
@@ -159,8 +159,8 @@ def validate_main(argv: list[str]) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     try:
-        r = validate(args.checkpoint, args.data, args.batch_size, args.fused, args.device)
-    except (CheckpointError, DataError, ValueError) as e:
+        r = T.validate(args.checkpoint, args.data, args.batch_size, args.fused, args.device)
+    except (T.CheckpointError, T.DataError, ValueError) as e:
         print(f"python -m ascan validate: error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(r) if args.json else f"{r['model']} ({r['checkpoint']}): held-out top-1 {r['top1']:.2f}% "

@@ -9,7 +9,8 @@ classifier-free guidance needs. Noise, timestep and dropout are drawn per sample
 ``(seed, epoch, index)``, like the augmentation, so runs resume and scale out exactly.
 
 c2i trains on an image classification set (the embedded digits by default, in pixel
-space: 1 x 16 x 16 in [-1, 1]); t2i trains on any data set of ``(image, context)`` or
+space at their native 1 x 8 x 8, in [-1, 1]: the judge classifier sees them upsampled exactly
+like its own training images); t2i trains on any data set of ``(image, context)`` or
 ``(image, context, context_mask)`` samples (:func:`fit_diffusion` with ``dataset=``).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch.utils.data import Dataset
 from ..models.registry import build_model
 from ..sampling import generate, scaled_linear_alphas_cumprod
 from . import checkpoint as ck
+from .classify import fit, load_classifier
 from .data import DataError, digits, sample_seed
 from .loop import LoopConfig, Task, run
 
@@ -40,7 +42,7 @@ class DiffusionConfig(LoopConfig):
 
     model: str = "ascan_unet_c2i_t"
     data: str = "digits"
-    image_size: int = 16
+    image_size: int = 8
     num_train_steps: int = 1000
     cond_drop: float = 0.1
     samples_per_class: int = 10
@@ -180,7 +182,6 @@ def sample_and_judge(model: nn.Module, cfg: DiffusionConfig, num_classes: int, l
 
 
 def _judge(cfg: DiffusionConfig, log):
-    from .classify import fit, load_classifier
     path = cfg.judge or DEFAULT_JUDGE
     try:
         wpath = ck.resolve_weights(path)

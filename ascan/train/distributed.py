@@ -13,6 +13,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..layers import CBlock, TBlock
+from ..models.unet import GenCBlock, GenTBlock
+
 
 @dataclasses.dataclass
 class DistContext:
@@ -88,8 +91,6 @@ def setup(device: str | None = None, need_group: bool = False) -> DistContext:
 
 def block_types() -> tuple[type, ...]:
     """The C and T block classes of every model family: FSDP2's sharding units."""
-    from ..layers import CBlock, TBlock
-    from ..models.unet import GenCBlock, GenTBlock
     return (CBlock, TBlock, GenCBlock, GenTBlock)
 
 

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
+
+from ascan_kernels._version import __version__
 
 from . import checkpoint as ck
 from .data import ResumableSampler
@@ -229,7 +230,7 @@ def _run(task: Task, cfg: LoopConfig, ctx: DistContext, t_start: float) -> dict:
     step, epoch, pos, best = 0, 0, 0, None
     history: list[dict] = []
 
-    meta = dict(task.meta(), ascan_version=_version())
+    meta = dict(task.meta(), ascan_version=__version__)
     if cfg.resume:
         latest = ck.latest_checkpoint(out)
         if latest is None:
@@ -415,11 +416,3 @@ def _run(task: Task, cfg: LoopConfig, ctx: DistContext, t_start: float) -> dict:
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
-
-def _version() -> str:
-    from ascan_kernels._version import __version__
-    return __version__
-
-
-def print_err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

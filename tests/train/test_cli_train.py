@@ -62,3 +62,24 @@ def test_t2i_trains_through_the_same_loop(tmp_path):
     m.load_state_dict(tensors)
     x = generate(m.eval(), context=torch.randn(2, 3, 16), latent_size=8, steps=2)
     assert x.shape == (2, 4, 8, 8) and torch.isfinite(x).all()
+
+
+def test_accumulation_matches_one_big_batch(tmp_path):
+    """2 micro-batches of 8 == one batch of 16 (the UNet normalises per sample)."""
+    from ascan.train.diffusion import fit_diffusion
+    from ascan.train.checkpoint import latest_checkpoint
+    from _train_helpers import assert_same_training, weights
+    fit_diffusion(**TINY_DIFFUSION, max_steps=3, out=str(tmp_path / "big"))
+    fit_diffusion(**TINY_DIFFUSION, max_steps=3, accum_steps=2, out=str(tmp_path / "acc"))
+    assert_same_training(weights(latest_checkpoint(tmp_path / "big") / "model.safetensors"),
+                         weights(latest_checkpoint(tmp_path / "acc") / "model.safetensors"), lr=2e-3)
+
+
+def test_bf16_channels_last_mixup_cutmix_run(tmp_path):
+    from ascan.train import fit
+    from ascan.train.diffusion import fit_diffusion
+    s = fit_diffusion(**TINY_DIFFUSION, max_steps=2, amp="bf16", channels_last=True, out=str(tmp_path / "d"))
+    assert s["step"] == 2
+    s = fit(batch_size=8, epochs=1, max_steps=2, quiet=True, mixup=0.8, cutmix=1.0, channels_last=True,
+            holdout=0.02, out=str(tmp_path / "c"))
+    assert s["step"] == 2 and 0 <= s["metrics"]["top1"] <= 100

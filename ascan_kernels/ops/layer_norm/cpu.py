@@ -8,6 +8,7 @@ import torch
 from ... import _ext
 from ..._ext import REBUILD, has_kernel, load_extension
 from ...capabilities import Capabilities
+from ..._common import SLOWER_IN_TRAINING, training_call
 from ...registry import Impl
 
 
@@ -76,7 +77,11 @@ def _backward(ctx, grad_sum, grad_out):
 _ext.register_autograd("add_layer_norm", _backward, _setup_context)
 
 
+def _prefer(x, residual, weight, bias, eps=1e-5):
+    return SLOWER_IN_TRAINING.format("0.64x") if training_call(x, residual, weight, bias) else None
+
+
 def impl() -> Impl:
     return Impl("cpu", _add_layer_norm, caps=Capabilities(devices=("cpu",), dtypes=(torch.float32, torch.bfloat16)),
-                supports=_supports, available=_available, autograd=True,
+                supports=_supports, available=_available, autograd=True, prefer=_prefer,
                 doc="C++ (at::vec, OpenMP) one pass: add, mean/var, normalise")

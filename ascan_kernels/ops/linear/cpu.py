@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._common import compute_dtype, residual_needs_promotion
+from ..._common import SLOWER_IN_TRAINING, compute_dtype, residual_needs_promotion, training_call
 from ...backends.onednn import (act_backward, needs_custom_op, onednn_capabilities, onednn_machine_reason,
                                 onednn_unavailable_reason, post_op)
 from ...registry import Impl
@@ -88,11 +88,20 @@ def _supports(x, weight, bias, *args) -> str | None:
     return onednn_machine_reason(compute_dtype(x))
 
 
+def _prefer_gelu(x, weight, bias, *args):
+    # the backward recomputes the GEMM to get GELU's input: one GEMM more than eager
+    return SLOWER_IN_TRAINING.format("0.80x-0.94x") if training_call(x, weight, bias) else None
+
+
+def _prefer_add(x, weight, bias, residual):
+    return SLOWER_IN_TRAINING.format("0.86x-0.96x") if training_call(x, weight, bias, residual) else None
+
+
 def gelu_impl() -> Impl:
     return Impl("cpu", _gelu, caps=onednn_capabilities(), supports=_supports, available=onednn_unavailable_reason,
-                autograd=True, doc="oneDNN matmul with a fused bias+GELU post-op")
+                prefer=_prefer_gelu, autograd=True, doc="oneDNN matmul with a fused bias+GELU post-op")
 
 
 def add_impl() -> Impl:
     return Impl("cpu", _add, caps=onednn_capabilities(), supports=_supports, available=onednn_unavailable_reason,
-                autograd=True, doc="oneDNN matmul with a fused bias + residual-add post-op")
+                prefer=_prefer_add, autograd=True, doc="oneDNN matmul with a fused bias + residual-add post-op")
