@@ -122,7 +122,7 @@ def training_call(*tensors) -> bool:
 
 # Forward + backward of the oneDNN/C++ CPU impls against eager at the default trainers'
 # shapes (ascan_t at 32x32, ascan_unet_c2i_t at 8x8, batch 64; fp32, AVX2 dev machine, 30
-# interleaved reps; `python -m bench.train_ops`, and bench/test_train.py for whole steps):
-# linear_gelu 0.80x-0.94x (its backward recomputes the GEMM for GELU's input),
-# linear_add 0.86x-0.96x, add_layer_norm 0.64x. bf16 could not be measured here.
+# interleaved reps, two sessions; `python -m bench.train_ops`, and bench/test_train.py for
+# whole steps): linear_gelu 0.73x-0.94x (its backward recomputes the GEMM for GELU's
+# input), linear_add 0.86x-0.96x, add_layer_norm 0.64x-0.68x. bf16 could not be measured here.
 SLOWER_IN_TRAINING = "under autograd: forward + backward measured {} of eager (fp32, CPU)"

@@ -4,12 +4,10 @@ prefer those impls under autograd (``ascan_kernels._common.SLOWER_IN_TRAINING``)
 rows force the impl, so they measure it whatever the registry would pick."""
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 import ascan_kernels as K
+from ascan.cli.bench import time_interleaved, verdict
 
 
 def _t(*shape):
@@ -39,18 +37,11 @@ def main(reps: int = 30) -> int:
         if K.available(op).get("cpu") != "ok":
             print(f"{op:15s} {label:28s} cpu impl unavailable: {K.available(op).get('cpu')}")
             continue
-        ts: dict[str, list[float]] = {"eager": [], "cpu": []}
-        for impl in ts:
-            step(impl)
-        for i in range(reps):
-            for impl in (["eager", "cpu"] if i % 2 else ["cpu", "eager"]):
-                t0 = time.perf_counter()
-                step(impl)
-                ts[impl].append((time.perf_counter() - t0) * 1e3)
-        q = {k: statistics.quantiles(v, n=4, method="inclusive") for k, v in ts.items()}
-        print(f"{op:15s} {label:28s} eager {q['eager'][1]:7.3f} ms [{q['eager'][0]:.3f}-{q['eager'][2]:.3f}]  "
-              f"cpu {q['cpu'][1]:7.3f} ms [{q['cpu'][0]:.3f}-{q['cpu'][2]:.3f}]  "
-              f"cpu speed {q['eager'][1] / q['cpu'][1]:.2f}x eager")
+        t = time_interleaved({impl: (lambda impl=impl: step(impl)) for impl in ("eager", "cpu")}, reps, 1,
+                             torch.device("cpu"))
+        e, c = t["eager"], t["cpu"]
+        print(f"{op:15s} {label:28s} eager {e.cell()} ms  cpu {c.cell()} ms  "
+              f"cpu speed {e.median_ms / c.median_ms:.2f}x eager: {verdict(c, e).text}")
     return 0
 
 

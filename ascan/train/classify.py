@@ -141,7 +141,7 @@ def fit(**kwargs) -> dict:
 
 def load_classifier(path: str | Path, fused: bool = True, device: str | torch.device = "cpu"):
     """(model in eval mode, meta) from a classifier checkpoint: a weights file, a checkpoint
-    directory or a run directory (its best.safetensors)."""
+    directory or a run directory (its best.safetensors). ``meta["source"]``: the file read."""
     wpath = ck.resolve_weights(path)
     tensors, meta = ck.load_weights(wpath)
     if meta.get("task") != "classify":
@@ -149,7 +149,7 @@ def load_classifier(path: str | Path, fused: bool = True, device: str | torch.de
                                  f"({meta.get('model')}), not a classifier")
     model = build_model(meta["model"], fused=fused, **meta["model_kwargs"])
     ck.load_into(model, tensors, meta, str(wpath))
-    return model.to(device).eval(), meta
+    return model.to(device).eval(), dict(meta, source=str(wpath))
 
 
 def validate(checkpoint: str | Path, data: str | None = None, batch_size: int = 256, fused: bool = True,
@@ -174,4 +174,4 @@ def validate(checkpoint: str | Path, data: str | None = None, batch_size: int = 
         ds = Seeded(held, image_transforms(size, False, False, mean, std))
     correct, total, loss = evaluate_classifier(model, ds, dev, batch_size)
     return {"top1": 100.0 * correct / max(total, 1), "held_out": int(total), "val_loss": loss / max(total, 1),
-            "model": meta["model"], "checkpoint": str(ck.resolve_weights(checkpoint))}
+            "model": meta["model"], "checkpoint": meta["source"]}

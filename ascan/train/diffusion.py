@@ -196,7 +196,6 @@ def _judge(cfg: DiffusionConfig, log):
     if meta.get("data") != "digits":
         log(f"judge {wpath} was not trained on the digits: skipping the classifier-judged accuracy")
         return None
-    meta["source"] = str(wpath)
     return clf, meta
 
 

@@ -274,10 +274,14 @@ def _run(task: Task, cfg: LoopConfig, ctx: DistContext, t_start: float) -> dict:
         f"({ctx.world} proc x {cfg.accum_steps} accum x {micro}), {steps_per_epoch} steps/epoch, "
         f"{total} steps over {cfg.epochs} epochs" + (f", stopping at step {limit}" if limit < total else ""))
 
-    def save(step_: int) -> Path | None:
-        """Checkpoint (collective under FSDP; rank 0 writes)."""
+    def ema_weights() -> dict[str, torch.Tensor] | None:
+        return {k: _full(v) for k, v in ema.named().items()} if ema is not None else None
+
+    def save(step_: int) -> tuple[Path | None, dict[str, torch.Tensor]]:
+        """Checkpoint (collective under FSDP; rank 0 writes). Returns (the checkpoint
+        directory on rank 0, else None; the weights evaluation uses, EMA or model)."""
         model_sd = _full_model_state(raw, cfg.fsdp)
-        ema_sd = {k: _full(v) for k, v in ema.named().items()} if ema is not None else None
+        ema_sd = ema_weights()
         optim_sd = _full_optim_state(raw, opt, cfg.fsdp)
         rngs = ctx.gather_objects(_rng_state(dev))
         tmp = ck.begin_checkpoint(out, step_) if ctx.is_main else None
@@ -298,12 +302,10 @@ def _run(task: Task, cfg: LoopConfig, ctx: DistContext, t_start: float) -> dict:
                 "ema_updates": ema.updates if ema is not None else 0, "rng": rngs, "history": history})
             final = ck.commit_checkpoint(out, tmp, step_, cfg.keep)
         ctx.barrier()
-        return final
+        return final, (ema_sd if ema_sd is not None else model_sd)
 
     def eval_weights() -> dict[str, torch.Tensor]:
-        if ema is not None:
-            return {k: _full(v) for k, v in ema.named().items()}
-        return _full_model_state(raw, cfg.fsdp)
+        return ema_weights() if ema is not None else _full_model_state(raw, cfg.fsdp)
 
     def evaluate(tag: str) -> dict:
         nonlocal best
@@ -396,11 +398,10 @@ def _run(task: Task, cfg: LoopConfig, ctx: DistContext, t_start: float) -> dict:
                 save(step)
     if not last_metrics or last_metrics.get("step") != step:
         last_metrics = evaluate(f"step {step}")
-    final_ckpt = save(step)
+    final_ckpt, final_sd = save(step)  # the gathered weights serve finish() too
     summary: dict = {"step": step, "total_steps": total, "epochs_done": epoch, "metrics": last_metrics,
                      "best": best, "out": str(out), "checkpoint": str(final_ckpt) if final_ckpt else None,
                      "params": n_params, "world": ctx.world, "is_main": ctx.is_main}
-    final_sd = eval_weights()
     if ctx.is_main:
         plain = task.build_model(cfg.fused).to(dev).eval()
         plain.load_state_dict(final_sd)

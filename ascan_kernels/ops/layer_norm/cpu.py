@@ -78,7 +78,7 @@ _ext.register_autograd("add_layer_norm", _backward, _setup_context)
 
 
 def _prefer(x, residual, weight, bias, eps=1e-5):
-    return SLOWER_IN_TRAINING.format("0.64x") if training_call(x, residual, weight, bias) else None
+    return SLOWER_IN_TRAINING.format("0.64x-0.68x") if training_call(x, residual, weight, bias) else None
 
 
 def impl() -> Impl:
