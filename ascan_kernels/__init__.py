@@ -36,12 +36,14 @@ from .ops import (
     linear_gelu_reference,
 )
 from .registry import (
+    CUSTOM_OP_NAMESPACES,
     Impl,
     KernelUnavailableError,
     Op,
     Trace,
     TraceRecord,
     available,
+    decompositions,
     get_op,
     list_ops,
     set_fallback_logging,
@@ -54,9 +56,9 @@ from .registry import (
 validate_env_overrides()
 
 __all__ = [
-    "__version__",
+    "__version__", "CUSTOM_OP_NAMESPACES",
     "Impl", "KernelUnavailableError", "Op", "Trace", "TraceRecord",
-    "available", "get_op", "list_ops", "set_fallback_logging", "trace", "use", "version_key",
+    "available", "decompositions", "get_op", "list_ops", "set_fallback_logging", "trace", "use", "version_key",
     "add_layer_norm", "add_layer_norm_reference", "attention", "attention_reference",
     "conv_bias_act", "conv_bias_act_reference", "conv_bn", "conv_bn_add", "conv_bn_gelu", "fold_bn", "group_norm_silu", "group_norm_silu_reference",
     "layer_norm", "layer_norm_reference", "linear_add", "linear_add_reference", "linear_gelu",

@@ -22,9 +22,13 @@ import torch
 # but never timed on a GPU, so on CUDA this order is a design choice until measured
 # (use(attention="sdpa") picks PyTorch's flash attention instead). On the CPU our oneDNN
 # / C++ impls measured ahead of eager at the model's shapes, with `prefer` rules where
-# they did not; PyTorch's sdpa beat the explicit-softmax reference.
+# they did not; PyTorch's sdpa beat the explicit-softmax reference. flash-attn 4 and 2
+# (attention only) go above Triton: vendor-tuned kernels, also untimed here
+# (ops/attention/flash_attn.py says why).
 PRIORITY: dict[str, int] = {
     "cuda": 300,
+    "flash_attn4": 260,
+    "flash_attn": 250,
     "triton": 200,
     "cpu": 100,
     "sdpa": 50,

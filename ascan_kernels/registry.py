@@ -25,6 +25,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import sys
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -46,6 +47,8 @@ __all__ = [
     "available",
     "trace",
     "use",
+    "register_decomposition",
+    "decompositions",
 ]
 
 logger = logging.getLogger("ascan_kernels")
@@ -240,6 +243,13 @@ class Op:
         return "\n".join(lines)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _onnx_exporting():
+            # ONNX has no counterpart of our fused impls' custom ops, and the runtimes that
+            # read ONNX fuse conv+bias+act, GEMM+GELU and LayerNorm themselves: export the
+            # reference, whose aten ops all have standard ONNX translations.
+            if self.validate is not None:
+                self.validate(*args, **kwargs)
+            return self.reference(*args, **kwargs)
         if torch.compiler.is_compiling():
             # Under torch.compile the choice is made once while tracing; recording or
             # logging here would be a side effect Dynamo has to replay.
@@ -269,6 +279,13 @@ class Op:
 
     def __repr__(self) -> str:
         return f"Op({self.name!r}, impls={[i.name for i in self._impls]})"
+
+
+def _onnx_exporting() -> bool:
+    """Whether ``torch.onnx.export`` (either exporter) is tracing this call. Read from
+    ``sys.modules`` so that a process that never exports never imports ``torch.onnx``."""
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export()
 
 
 # ---------------------------------------------------------------------------------------
@@ -312,6 +329,39 @@ def available(op: str | None = None) -> dict[str, Any]:
         return {name: available(name) for name in list_ops()}
     o = get_op(op)
     return {i.name: (o.availability(i) or "ok") for i in o.impls}
+
+
+# ---------------------------------------------------------------------------------------
+# Decompositions: each custom op an impl calls, in terms of standard aten ops
+# ---------------------------------------------------------------------------------------
+_DECOMPOSITIONS: dict[str, Callable[..., Any]] = {}
+
+
+def register_decomposition(qualname: str, fn: Callable[..., Any]) -> None:
+    """Declare ``fn`` (same arguments and outputs, standard torch ops only) as the
+    decomposition of the custom op ``qualname`` (``"ascan::conv2d_bias_act"``). Ops whose
+    library is not loaded here (the CUDA extension on a CPU build) are skipped later."""
+    if qualname in _DECOMPOSITIONS:
+        raise ValueError(f"custom op {qualname!r} already has a decomposition")
+    _DECOMPOSITIONS[qualname] = fn
+
+
+def decompositions() -> dict[Any, Callable[..., Any]]:
+    """``{OpOverload: fn}`` for every loaded custom op of ours that has a decomposition, the
+    table ``ExportedProgram.run_decompositions`` takes to replace them with aten ops."""
+    table: dict[Any, Callable[..., Any]] = {}
+    for qualname, fn in _DECOMPOSITIONS.items():
+        ns, name = qualname.split("::", 1)
+        try:
+            table[getattr(getattr(torch.ops, ns), name).default] = fn
+        except (AttributeError, RuntimeError):  # not in this build (e.g. no CUDA kernels)
+            continue
+    return table
+
+
+# Every custom op of ours is in one of these; an exported graph holding any of them needs
+# ``import ascan_kernels`` to load (or :func:`decompositions` to become portable).
+CUSTOM_OP_NAMESPACES = ("ascan", "ascan_C", "ascan_triton", "ascan_fa4")
 
 
 # ---------------------------------------------------------------------------------------

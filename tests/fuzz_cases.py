@@ -55,7 +55,7 @@ IMPLS = {
     "conv_bn_gelu": ("cuda", "triton", "cpu", "eager"),
     "conv_bn_add": ("cuda", "triton", "cpu", "eager"),
     "conv_bn": ("cuda", "triton", "cpu", "eager"),
-    "attention": ("triton", "sdpa", "eager"),
+    "attention": ("flash_attn4", "flash_attn", "triton", "sdpa", "eager"),
     "linear_gelu": ("triton", "cpu", "eager"),
     "linear_add": ("triton", "cpu", "eager"),
     "layer_norm": ("cuda", "triton", "eager"),
@@ -92,6 +92,8 @@ _BASE_KINDS = {**{op: ("basic", "model", "noncontig", "channels_last") for op in
 KINDS = {op: kinds + CONTEXT_KINDS for op, kinds in KINDS.items()}
 VARIANTS = 6             # n = 0..VARIANTS-1 per (op, kind)
 MAX_WORK = 3_000_000     # multiply-adds (or elements x 8 for norms) per case
+# Impls that run CUDA tensors only: the default slice (on the CPU) leaves them out.
+GPU_ONLY = ("cuda", "flash_attn", "flash_attn4")
 TRITON_MAX_WORK = 600_000  # the interpreter is slow: larger specs get no triton case
 TRITON_DEFAULT_WORK = 40_000
 DEFAULT_SIZE = 84
@@ -498,7 +500,7 @@ def default_cases(seed: int = SEED, size: int = DEFAULT_SIZE) -> list[str]:
     by_pair: dict = {}
     for c in grid:
         op, impl, dt, kind, n = parse_id(c)
-        if impl == "cuda":
+        if impl in GPU_ONLY:
             continue
         limit = TRITON_DEFAULT_WORK if impl == "triton" else MAX_WORK // 3
         if spec_of(op, kind, n, seed)["work"] > limit:

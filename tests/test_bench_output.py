@@ -13,7 +13,8 @@ from ascan.cli.bench import Row, Timing, main as bench_main, time_interleaved, v
 from ascan.cli.claims import claims_table, main as claims_main
 
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
-TINY = ["--models", "ascan_t", "--batch", "1", "--size", "64", "--runs", "1", "--warmup", "0", "--no-peers"]
+TINY = ["--models", "ascan_t", "--batch", "1", "--size", "64", "--runs", "1", "--warmup", "0", "--no-peers",
+        "--runtimes", "none"]
 
 
 def T(q1, med, q3, runs=10):

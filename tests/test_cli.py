@@ -12,6 +12,8 @@ from ascan.cli.claims import claims_table, main as claims_main
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
+RUNTIMES = [r for r in ("onnxruntime", "openvino") if importlib.util.find_spec(r) is not None] \
+    if importlib.util.find_spec("onnxscript") else []
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,16 @@ def test_bench_writes_json_and_plot(bench_out):
         assert r["throughput"] == pytest.approx(1 / (r["fused"]["median_ms"] / 1e3))
         assert r["eager"]["runs"] == r["fused"]["runs"] == 2 and len(r["eager"]["samples_ms"]) == 2
         assert r["verdict"]["status"] == "inconclusive" and "too few runs" in r["verdict"]["text"]   # 2 runs
+    # the deployment runtimes installed here, on the ONNX export, timed in the same rounds
+    assert data["args"]["runtimes"] == RUNTIMES
+    fp32, bf16 = ours
+    assert sorted(fp32["runtimes"]) == RUNTIMES and fp32["runtime_notes"] == {}
+    for rt in RUNTIMES:
+        assert fp32["runtimes"][rt]["runs"] == 2 and fp32["runtimes"][rt]["median_ms"] > 0
+    if "onnxruntime" in RUNTIMES:   # no CPU bf16 in ONNX Runtime: said, not timed
+        assert "onnxruntime" not in bf16["runtimes"] and "no bf16" in bf16["runtime_notes"]["onnxruntime"]
+    if "openvino" in RUNTIMES:
+        assert bf16["runtimes"]["openvino"]["median_ms"] > 0
     if HAS_TIMM:
         peer = next(r for r in data["rows"] if r["kind"] == "peer")
         assert peer["model"] == "convnext_tiny" and 25 < peer["params_m"] < 32 and peer["fused"] is None
@@ -62,7 +74,7 @@ def test_bench_table_printed(bench_out, capsys):
 
 def test_bench_prints_ranges_and_verdicts(capsys):
     assert bench_main(["--models", "ascan_t", "--dtype", "fp32", "--batch", "1", "--size", "64",
-                       "--runs", "3", "--warmup", "0", "--no-peers"]) == 0
+                       "--runs", "3", "--warmup", "0", "--no-peers", "--runtimes", "none"]) == 0
     out = capsys.readouterr().out
     assert "eager ms [IQR]" in out and re.search(r"fused \d+\.\d\dx vs eager: ", out)
     assert any(v in out for v in ("holds here (", "does not hold here (", "inconclusive (ranges overlap: "))
@@ -79,6 +91,7 @@ def test_claims_without_measuring():
     (["--models", "ascan_xxl"], "unknown model"),
     (["--dtype", "fp8"], "unknown dtype"),
     (["--size", "100"], "multiple of 32"),
+    (["--runtimes", "tensorrt"], "unknown runtime"),
 ])
 def test_bench_bad_arguments(args, msg, capsys):
     with pytest.raises(SystemExit) as e:

@@ -1,11 +1,11 @@
-"""The command line: ``python -m ascan [demo|bench|claims|variants|train|validate|train-diffusion]``
+"""The command line: ``python -m ascan [demo|bench|claims|variants|train|validate|train-diffusion|export]``
 (one module per command)."""
 from __future__ import annotations
 
 import sys
 
 from ..complexity import variants_table
-from . import bench, claims, demo, train
+from . import bench, claims, demo, export, train
 
 USAGE = """usage: python -m ascan [COMMAND] [options]
 
@@ -20,6 +20,7 @@ commands:
   train     train a classifier (no options: ascan_t on the embedded digits); torchrun for DDP/FSDP2
   validate  held-out top-1 of a classifier checkpoint
   train-diffusion  train a diffusion UNet (no options: class-conditional on the digits, PNG grid)
+  export    write a model as ONNX, .pt2, AOTInductor or OpenVINO, then check it against eager
 """
 
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(variants_table())
         return 0
     commands = {"demo": demo.main, "bench": bench.main, "claims": claims.main, "train": train.train_main,
-                "validate": train.validate_main, "train-diffusion": train.diffusion_main}
+                "validate": train.validate_main, "train-diffusion": train.diffusion_main, "export": export.main}
     if cmd not in commands:
         print(f"python -m ascan: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return 2

@@ -2,8 +2,9 @@
 
 For each model, dtype and batch size: parameters and MACs (counted by code), the
 latency of the eager model (``fused=False``), of the fused model (``fused=True``),
-optionally of ``torch.compile`` of the eager model, the fused speedup and the
-throughput.
+optionally of ``torch.compile`` of the eager model, of the deployment runtimes on the
+model exported to ONNX (ONNX Runtime and OpenVINO, when installed, on the CPU: the choice a
+CPU deployer has), the fused speedup and the throughput.
 
 How it times: the implementations compared with each other (eager, fused and compile
 of one model/dtype/batch; a timm peer and the reference AsCAN model, fused) are run
@@ -36,12 +37,18 @@ from typing import Any, Callable
 
 import torch
 
+from .. import export as ex
 from ..complexity import count_macs, count_params
 from ..models.classifier import CONFIGS
 from ..models.registry import build_model
 
 # The paper compares against hybrid and efficient-attention nets of the same class.
 DEFAULT_PEERS = ("coatnet_0_rw_224", "maxvit_tiny_tf_224", "convnext_tiny", "fastvit_sa12", "efficientvit_b1")
+
+# The deployment runtimes, timed on the eager model exported to ONNX (fp32 graph; OpenVINO
+# runs the bf16 rows with its bf16 inference-precision hint, ONNX Runtime has no CPU bf16).
+RUNTIMES = ("onnxruntime", "openvino")
+_RUNTIME_PKG = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 # Below this many timed runs the quartiles say nothing: a comparison is "inconclusive".
 MIN_RUNS_FOR_VERDICT = 3
@@ -124,6 +131,8 @@ class Row:
     note: str = ""
     ref_model: str | None = None   # peers: the AsCAN model (fused) timed interleaved with this one
     ref: Timing | None = None
+    runtimes: dict[str, Timing] = dataclasses.field(default_factory=dict)   # "onnxruntime"/"openvino"
+    runtime_notes: dict[str, str] = dataclasses.field(default_factory=dict)  # why one has no timing
 
     @property
     def speedup(self) -> float | None:
@@ -147,7 +156,7 @@ class Row:
 
     @property
     def best(self) -> Timing | None:
-        ts = [t for t in (self.fused, self.eager, self.compiled) if t is not None]
+        ts = [t for t in (self.fused, self.eager, self.compiled, *self.runtimes.values()) if t is not None]
         return min(ts, key=lambda t: t.median_ms) if ts else None
 
     @property
@@ -230,16 +239,57 @@ def _peer_builder(name: str):
     return lambda: timm.create_model(name, pretrained=False)
 
 
+def installed_runtimes() -> list[str]:
+    """The deployment runtimes importable here."""
+    import importlib.util
+
+    return [r for r in RUNTIMES if importlib.util.find_spec(_RUNTIME_PKG[r]) is not None]
+
+
+class _Deployed:
+    """One model exported to ONNX once (batch dynamic) and loaded in each runtime, per dtype."""
+
+    def __init__(self, model: torch.nn.Module, size: int, runtimes: list[str], workdir: str):
+        self.runners: dict[tuple[str, str], Callable[..., Any]] = {}
+        self.notes: dict[tuple[str, str], str] = {}
+        self.runtimes = runtimes
+        self.error = None
+        self.path = os.path.join(workdir, f"{model.cfg.name}.onnx")
+        try:
+            ex.save_onnx(model, self.path, ex.example_inputs(model, batch=2, size=size))
+        except Exception as e:
+            self.error = f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+
+    def runner(self, runtime: str, dtype: str) -> tuple[Callable[..., Any] | None, str | None]:
+        if self.error:
+            return None, self.error
+        key = (runtime, dtype)
+        if key not in self.runners and key not in self.notes:
+            if dtype != "fp32" and runtime == "onnxruntime":
+                self.notes[key] = "ONNX Runtime's CPU provider has no bf16/fp16 path"
+            elif dtype == "fp16":
+                self.notes[key] = "not timed in fp16 on the CPU"
+            else:
+                try:
+                    self.runners[key] = (ex.load_runner(self.path, "onnx") if runtime == "onnxruntime" else
+                                         ex.openvino_runner(self.path, precision="bf16" if dtype == "bf16" else "f32"))
+                except Exception as e:
+                    self.notes[key] = _failed(e)
+        return self.runners.get(key), self.notes.get(key)
+
+
 def _failed(e: Exception) -> str:
     return f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
 
 
 def run_bench(models: list[str], dtypes: list[str], batches: list[int], size: int, device: torch.device,
               runs: int, warmup: int, compile_: bool, peers: list[str], progress: bool = True,
-              ref_model: str | None = None, on_row: Callable[[Row], None] | None = None) -> list[Row]:
+              ref_model: str | None = None, on_row: Callable[[Row], None] | None = None,
+              runtimes: list[str] | None = None) -> list[Row]:
     """Measure every (model, dtype, batch); returns the rows (see :class:`Row`).
 
-    Per cell, eager, fused (and compile) are timed interleaved; per peer cell the peer
+    Per cell, eager, fused (and compile, and each of ``runtimes`` on the ONNX export of the
+    eager model: CPU only) are timed interleaved; per peer cell the peer
     (and its compile) is timed interleaved with ``ref_model`` fused when given.
     ``on_row(row)`` is called after every finished row (to save as it goes). A cell that
     raises gets a row with the error as its note and the run goes on."""
@@ -253,7 +303,9 @@ def run_bench(models: list[str], dtypes: list[str], batches: list[int], size: in
         if on_row is not None:
             on_row(row)
 
-    impls = "eager+fused" + ("+compile" if compile_ else "")
+    runtimes = list(runtimes or []) if device.type == "cpu" else []
+    impls = "eager+fused" + ("+compile" if compile_ else "") + "".join(f"+{r}" for r in runtimes)
+    workdir = tempfile.TemporaryDirectory(prefix="ascan-bench-") if runtimes else None
     for name in models:
         params, macs = _count(lambda: build_model(name, fused=False), size)
         torch.manual_seed(0)
@@ -261,6 +313,7 @@ def run_bench(models: list[str], dtypes: list[str], batches: list[int], size: in
         fused = build_model(name, fused=True).eval().to(device)
         fused.load_state_dict(eager.state_dict())
         compiled = torch.compile(eager) if compile_ else None
+        deployed = _Deployed(eager, size, runtimes, workdir.name) if runtimes else None
         for dtype in dtypes:
             for b in batches:
                 bar.step(f"{name} {dtype} b{b} ({impls}, interleaved)")
@@ -269,13 +322,22 @@ def run_bench(models: list[str], dtypes: list[str], batches: list[int], size: in
                 fns = {"eager": lambda: eager(x), "fused": lambda: fused(x)}
                 if compiled is not None:
                     fns["compiled"] = lambda: compiled(x)
+                for rt in runtimes:
+                    run, why = deployed.runner(rt, dtype)
+                    if run is None:
+                        row.runtime_notes[rt] = why
+                    else:
+                        fns[rt] = (lambda run: lambda: run(x))(run)
                 try:
                     with torch.no_grad(), _autocast(device, dtype):
                         t = time_interleaved(fns, runs, warm, device)
                     row.eager, row.fused, row.compiled = t["eager"], t["fused"], t.get("compiled")
+                    row.runtimes = {rt: t[rt] for rt in runtimes if rt in t}
                 except Exception as e:
                     row.note = _failed(e)
                 done(row)
+    if workdir is not None:
+        workdir.cleanup()
     ref = None
     if peers and ref_model:
         torch.manual_seed(0)
@@ -378,13 +440,14 @@ def format_table(rows: list[Row]) -> str:
     """Markdown table of the rows: ms are medians [interquartile range]; the comparison column
     is fused vs eager for AsCAN rows and the reference AsCAN model (fused, timed interleaved)
     vs the peer for peer rows, with a verdict (see :func:`verdict`)."""
+    runtimes = [rt for rt in RUNTIMES if any(rt in r.runtimes or rt in r.runtime_notes for r in rows)]
     head = ("model", "dtype", "batch", "params (M)", "MACs (G)", "eager ms [IQR]", "fused ms [IQR]",
-            "compile ms [IQR]", "img/s", "comparison (verdict from the IQRs)")
+            "compile ms [IQR]", *(f"{rt} ms [IQR]" for rt in runtimes), "img/s", "comparison (verdict from the IQRs)")
     out = [head]
     for r in rows:
         if r.note:
             out.append((r.model + (" (timm)" if r.kind == "peer" else ""), r.dtype, str(r.batch),
-                        "", "", "", "", "", "", r.note))
+                        "", "", "", "", "", *("" for _ in runtimes), "", r.note))
             continue
         if r.kind == "ascan":
             v = r.fused_verdict
@@ -399,13 +462,20 @@ def format_table(rows: list[Row]) -> str:
             r.eager.cell() if r.eager else "-",
             r.fused.cell() if r.fused else "-",
             r.compiled.cell() if r.compiled else "-",
+            *(r.runtimes[rt].cell() if rt in r.runtimes else ("n/a" if rt in r.runtime_notes else "-")
+              for rt in runtimes),
             f"{r.throughput:.1f}" if r.throughput else "-",
-            cmp,
+            cmp + "".join(f"; fused {r.runtimes[rt].median_ms / r.fused.median_ms:.2f}x vs {rt}"
+                          for rt in runtimes if rt in r.runtimes and r.fused is not None),
         ))
     widths = [max(len(row[i]) for row in out) for i in range(len(head))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in out]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+    notes = sorted({f"{rt} n/a ({r.dtype}): {why}" for r in rows for rt, why in r.runtime_notes.items()})
+    if runtimes:
+        notes.insert(0, "onnxruntime / openvino: the eager model exported to ONNX (fp32 graph; openvino "
+                        "bf16 rows use its bf16 inference-precision hint), run with torch's thread count")
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def _verdict_json(v: Verdict | None) -> dict[str, Any] | None:
@@ -425,6 +495,7 @@ def to_json(rows: list[Row], info: dict[str, Any], args: dict[str, Any], complet
                  "eager": t(r.eager), "fused": t(r.fused), "compiled": t(r.compiled),
                  "speedup": r.speedup, "verdict": _verdict_json(r.fused_verdict),
                  "ref_model": r.ref_model, "ref": t(r.ref), "ref_verdict": _verdict_json(r.ref_verdict),
+                 "runtimes": {k: t(v) for k, v in r.runtimes.items()}, "runtime_notes": dict(r.runtime_notes),
                  "throughput": r.throughput, "note": r.note}
                 for r in rows]}
 
@@ -572,6 +643,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma list of timm models to compare (default when timm is installed: "
                          f"{','.join(DEFAULT_PEERS)})")
     ap.add_argument("--no-peers", action="store_true", help="no timm peers")
+    ap.add_argument("--runtimes", type=_csv, default="auto",
+                    help=f"comma list of {', '.join(RUNTIMES)} timed on the ONNX export (CPU); 'auto': "
+                         "those installed (pip install 'ascan[deploy]'); 'none'")
     ap.add_argument("--ref", help="AsCAN model timed (fused) interleaved with each peer, for a fair "
                                   "comparison; 'none' for no pairing (default: the first of --models)")
     ap.add_argument("--out", help="directory for bench.json (rewritten after every row) and bench.png "
@@ -608,11 +682,26 @@ def main(argv: list[str] | None = None) -> int:
                 ap.error("--peers needs timm (pip install timm)")
             print("timm is not installed: no peers (pip install timm to compare)", file=sys.stderr)
 
+    if args.runtimes == ["auto"]:
+        runtimes = installed_runtimes() if device.type == "cpu" else []
+    elif args.runtimes == ["none"]:
+        runtimes = []
+    else:
+        runtimes = args.runtimes
+        bad = [r for r in runtimes if r not in RUNTIMES]
+        if bad:
+            ap.error(f"unknown runtime(s) {bad}; use {', '.join(RUNTIMES)}, auto or none")
+        missing = [r for r in runtimes if r not in installed_runtimes()]
+        if missing:
+            ap.error(f"--runtimes {','.join(missing)}: not installed (pip install 'ascan[deploy]')")
+        if device.type != "cpu":
+            ap.error("--runtimes: the deployment runtimes are timed on the CPU only")
+
     info = machine_info(device)
     meter = _LoadMeter(info)
     meter.start()
     json_path = os.path.join(args.out, "bench.json") if args.out else None
-    arg_record = {**vars(args), "ref": ref_model, "peers": peers}
+    arg_record = {**vars(args), "ref": ref_model, "peers": peers, "runtimes": runtimes}
     done: list[Row] = []
 
     def save(complete: bool = False, interrupted: bool = False) -> None:
@@ -630,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     try:
         run_bench(args.models, args.dtype, args.batch, args.size, device, args.runs, args.warmup,
-                  args.compile, peers, ref_model=ref_model, on_row=on_row)
+                  args.compile, peers, ref_model=ref_model, on_row=on_row, runtimes=runtimes)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: keeping the rows finished so far", file=sys.stderr)

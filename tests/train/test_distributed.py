@@ -44,6 +44,7 @@ def test_ddp_two_processes_match_one(one_process, tmp_path):
     assert a["conv_out.weight"].abs().max() > 0
 
 
+@pytest.mark.slow  # ~40 s (two torchrun launches); DDP's equivalence runs by default
 def test_fsdp2_two_processes_match_one_and_reload_into_a_plain_model(one_process, tmp_path):
     r = torchrun(2, *DIFF, "--fsdp", "--out", tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -62,6 +63,7 @@ def test_fsdp2_two_processes_match_one_and_reload_into_a_plain_model(one_process
     assert latest_checkpoint(tmp_path).name == "ckpt-00000006"
 
 
+@pytest.mark.slow  # ~30 s; the UNet DDP test covers the distributed loop by default
 def test_classifier_ddp_ranks_agree_and_rank0_writes(tmp_path):
     r = torchrun(2, "train", "--batch-size", 16, "--max-steps", 3, "--log-every", 1, "--out", tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

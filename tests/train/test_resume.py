@@ -47,6 +47,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
         fit(**TINY, max_steps=1, out=str(tmp_path), resume=True)
 
 
+@pytest.mark.slow  # ~30 s (two subprocesses); in-process resume is bit-exact by default
 def test_killed_run_resumes_to_the_straight_result(tmp_path):
     """SIGKILL a training process after its second checkpoint, resume it from the command
     line, and get the weights of an uninterrupted run."""

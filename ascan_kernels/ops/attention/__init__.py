@@ -2,7 +2,8 @@
 
 Plain global attention, as in the paper: the fused impls speed the same math up and
 never approximate it. Lq != Lk is allowed (cross-attention). The impls: ``sdpa.py``
-(PyTorch's scaled_dot_product_attention), ``triton.py`` (our flash attention).
+(PyTorch's scaled_dot_product_attention), ``triton.py`` (our flash attention),
+``flash_attn.py`` (flash-attn 2 and flash-attn 4 from PyPI, when installed: no tensor mask).
 
 Fully masked rows: a query row whose every score is ``-inf`` (a boolean mask with no
 True in the row, or an additive mask of ``-inf`` everywhere) attends to nothing and its
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from ... import _checks as chk
 from ...backends import triton as triton_backend
 from ...registry import register_op, unavailable_impl
-from . import sdpa
+from . import flash_attn, sdpa
 
 __all__ = ["attention", "attention_reference"]
 
@@ -92,6 +93,8 @@ def _validate(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
 
 attention_op = register_op(OP, attention_reference, "softmax(q k^T * scale + mask) v", _validate, autocast=True)
 attention_op.register(sdpa.impl())
+attention_op.register(flash_attn.fa2_impl())
+attention_op.register(flash_attn.fa4_impl())
 attention_op.register(triton_backend.load_impls(
     f"{__name__}.triton", (OP,), lambda op, why: unavailable_impl("triton", why, triton_backend.capabilities()))[OP])
 

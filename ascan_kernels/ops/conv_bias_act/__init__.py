@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ... import _checks as chk
 from ..._common import apply_act, compute_dtype, conv_out_hw
 from ...backends import triton as triton_backend
-from ...registry import register_op, unavailable_impl
+from ...registry import register_decomposition, register_op, unavailable_impl
 from . import cpu, cuda
 from .onednn_hazards import cpu_safe_conv_operands
 
@@ -81,6 +81,9 @@ def _validate(x, weight, bias, residual, stride, padding, dilation, groups, act)
 conv_bias_act_op = register_op(OP, conv_bias_act_reference, "act(conv2d(x, w, b) + residual)", _validate,
                                autocast=True)
 conv_bias_act_op.register(cpu.impl())
+# The cpu impl's custom op computes exactly the reference (same arguments): an exported
+# graph that holds it becomes standard aten ops again (``decompositions()``).
+register_decomposition("ascan::conv2d_bias_act", conv_bias_act_reference)
 conv_bias_act_op.register(cuda.impl())
 conv_bias_act_op.register(triton_backend.load_impls(
     f"{__name__}.triton", (OP,), lambda op, why: unavailable_impl("triton", why, triton_backend.capabilities()))[OP])

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ... import _checks as chk
 from ...backends import triton as triton_backend
-from ...registry import register_op, unavailable_impl
+from ...registry import register_decomposition, register_op, unavailable_impl
 from . import cpu, cuda
 
 __all__ = ["group_norm_silu", "group_norm_silu_reference"]
@@ -72,6 +72,9 @@ def _validate(x, num_groups, weight, bias, eps, scale, shift):
 
 group_norm_silu_op = register_op(OP, group_norm_silu_reference,
                                  "silu(group_norm(x) * (1 + scale) + shift)", _validate)
+# The C++ schema (cpu and cuda impls) and its reference loop take the reference's arguments.
+register_decomposition("ascan_C::group_norm_silu", group_norm_silu_reference)
+register_decomposition("ascan_C::group_norm_silu_reference", group_norm_silu_reference)
 group_norm_silu_op.register(cpu.impl())
 group_norm_silu_op.register(cuda.impl())
 group_norm_silu_op.register(triton_backend.load_impls(

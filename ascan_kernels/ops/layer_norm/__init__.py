@@ -6,11 +6,12 @@ warp-per-row CUDA kernel), ``triton.py`` (both).
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from ... import _checks as chk
 from ...backends import triton as triton_backend
-from ...registry import register_op, unavailable_impl
+from ...registry import register_decomposition, register_op, unavailable_impl
 from . import cpu, cuda
 
 __all__ = ["add_layer_norm", "add_layer_norm_reference", "layer_norm", "layer_norm_reference"]
@@ -58,6 +59,16 @@ add_layer_norm_op = register_op("add_layer_norm", add_layer_norm_reference,
                                 "s = x + residual; (s, layer_norm(s))", _validate_add_layer_norm)
 
 
+def _layer_norm_fwd_decomposition(x, weight, bias, eps):
+    """``ascan_C::layer_norm_fwd`` in aten ops: (y, mean, rstd), the statistics float32 (rows,)."""
+    y, mean, rstd = torch.ops.aten.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
+    return y, mean.float().reshape(-1), rstd.float().reshape(-1)
+
+
+# Our custom ops' aten equivalents, for exported graphs (``decompositions()``).
+register_decomposition("ascan_C::add_layer_norm", add_layer_norm_reference)
+register_decomposition("ascan_C::layer_norm_fwd", _layer_norm_fwd_decomposition)
+register_decomposition("ascan_C::layer_norm_fwd_reference", _layer_norm_fwd_decomposition)
 layer_norm_op.register(cuda.impl())
 add_layer_norm_op.register(cpu.impl())
 _TRITON = triton_backend.load_impls(f"{__name__}.triton", ("layer_norm", "add_layer_norm"),

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ... import _checks as chk
+from ..._common import apply_act
 from ...backends import triton as triton_backend
-from ...registry import register_op, unavailable_impl
+from ...registry import register_decomposition, register_op, unavailable_impl
 from . import cpu
 
 __all__ = ["linear_add", "linear_add_reference", "linear_gelu", "linear_gelu_reference"]
@@ -33,6 +34,15 @@ def _validate_gelu(x, weight, bias, approximate="none"):
 
 linear_gelu_op = register_op(OP, linear_gelu_reference, "gelu(linear(x))", _validate_gelu, autocast=True)
 linear_gelu_op.register(cpu.gelu_impl())
+
+
+def _linear_act_decomposition(x, weight, bias, residual, act):
+    """``ascan::linear_act`` (the cpu impls' custom op) in aten ops: ``act(linear(x) + residual)``."""
+    y = F.linear(x, weight, bias)
+    return apply_act(y if residual is None else y + residual, act)
+
+
+register_decomposition("ascan::linear_act", _linear_act_decomposition)
 
 
 def _validate(op, x, weight, bias):
