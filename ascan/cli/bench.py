@@ -47,8 +47,7 @@ DEFAULT_PEERS = ("coatnet_0_rw_224", "maxvit_tiny_tf_224", "convnext_tiny", "fas
 
 # The deployment runtimes, timed on the eager model exported to ONNX (fp32 graph; OpenVINO
 # runs the bf16 rows with its bf16 inference-precision hint, ONNX Runtime has no CPU bf16).
-RUNTIMES = ("onnxruntime", "openvino")
-_RUNTIME_PKG = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+RUNTIMES = ("onnxruntime", "openvino")  # also their import names
 
 # Below this many timed runs the quartiles say nothing: a comparison is "inconclusive".
 MIN_RUNS_FOR_VERDICT = 3
@@ -243,39 +242,40 @@ def installed_runtimes() -> list[str]:
     """The deployment runtimes importable here."""
     import importlib.util
 
-    return [r for r in RUNTIMES if importlib.util.find_spec(_RUNTIME_PKG[r]) is not None]
+    return [r for r in RUNTIMES if importlib.util.find_spec(r) is not None]
 
 
 class _Deployed:
-    """One model exported to ONNX once (batch dynamic) and loaded in each runtime, per dtype."""
+    """One model exported to ONNX once (batch dynamic) and loaded in each runtime for each
+    dtype up front, inside a temporary folder that is gone once they are loaded (the
+    runtimes keep the model in memory), so an interrupted bench leaves no file behind."""
 
-    def __init__(self, model: torch.nn.Module, size: int, runtimes: list[str], workdir: str):
+    def __init__(self, model: torch.nn.Module, size: int, runtimes: list[str], dtypes: list[str]):
         self.runners: dict[tuple[str, str], Callable[..., Any]] = {}
         self.notes: dict[tuple[str, str], str] = {}
-        self.runtimes = runtimes
-        self.error = None
-        self.path = os.path.join(workdir, f"{model.cfg.name}.onnx")
-        try:
-            ex.save_onnx(model, self.path, ex.example_inputs(model, batch=2, size=size))
-        except Exception as e:
-            self.error = f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+        with tempfile.TemporaryDirectory(prefix="ascan-bench-") as d:
+            path = os.path.join(d, f"{model.cfg.name}.onnx")
+            try:
+                ex.save_onnx(model, path, ex.example_inputs(model, batch=2, size=size))
+            except Exception as e:
+                self.notes = {(rt, dt): f"ONNX export {_failed(e)}" for rt in runtimes for dt in dtypes}
+                return
+            for rt in runtimes:
+                for dt in dtypes:
+                    if dt != "fp32" and rt == "onnxruntime":
+                        self.notes[rt, dt] = "ONNX Runtime's CPU provider has no bf16/fp16 path"
+                    elif dt == "fp16":
+                        self.notes[rt, dt] = "not timed in fp16 on the CPU"
+                    else:
+                        try:
+                            self.runners[rt, dt] = (ex.load_runner(path, "onnx") if rt == "onnxruntime" else
+                                                    ex.openvino_runner(path, precision="bf16" if dt == "bf16" else "f32"))
+                        except Exception as e:
+                            self.notes[rt, dt] = _failed(e)
 
     def runner(self, runtime: str, dtype: str) -> tuple[Callable[..., Any] | None, str | None]:
-        if self.error:
-            return None, self.error
-        key = (runtime, dtype)
-        if key not in self.runners and key not in self.notes:
-            if dtype != "fp32" and runtime == "onnxruntime":
-                self.notes[key] = "ONNX Runtime's CPU provider has no bf16/fp16 path"
-            elif dtype == "fp16":
-                self.notes[key] = "not timed in fp16 on the CPU"
-            else:
-                try:
-                    self.runners[key] = (ex.load_runner(self.path, "onnx") if runtime == "onnxruntime" else
-                                         ex.openvino_runner(self.path, precision="bf16" if dtype == "bf16" else "f32"))
-                except Exception as e:
-                    self.notes[key] = _failed(e)
-        return self.runners.get(key), self.notes.get(key)
+        """(run(x), None), or (None, why this runtime has no timing for this dtype)."""
+        return self.runners.get((runtime, dtype)), self.notes.get((runtime, dtype))
 
 
 def _failed(e: Exception) -> str:
@@ -305,7 +305,6 @@ def run_bench(models: list[str], dtypes: list[str], batches: list[int], size: in
 
     runtimes = list(runtimes or []) if device.type == "cpu" else []
     impls = "eager+fused" + ("+compile" if compile_ else "") + "".join(f"+{r}" for r in runtimes)
-    workdir = tempfile.TemporaryDirectory(prefix="ascan-bench-") if runtimes else None
     for name in models:
         params, macs = _count(lambda: build_model(name, fused=False), size)
         torch.manual_seed(0)
@@ -313,7 +312,7 @@ def run_bench(models: list[str], dtypes: list[str], batches: list[int], size: in
         fused = build_model(name, fused=True).eval().to(device)
         fused.load_state_dict(eager.state_dict())
         compiled = torch.compile(eager) if compile_ else None
-        deployed = _Deployed(eager, size, runtimes, workdir.name) if runtimes else None
+        deployed = _Deployed(eager, size, runtimes, dtypes) if runtimes else None
         for dtype in dtypes:
             for b in batches:
                 bar.step(f"{name} {dtype} b{b} ({impls}, interleaved)")
@@ -336,8 +335,6 @@ def run_bench(models: list[str], dtypes: list[str], batches: list[int], size: in
                 except Exception as e:
                     row.note = _failed(e)
                 done(row)
-    if workdir is not None:
-        workdir.cleanup()
     ref = None
     if peers and ref_model:
         torch.manual_seed(0)
