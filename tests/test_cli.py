@@ -104,3 +104,14 @@ def test_module_entry_point():
     assert p.returncode == 2 and "unknown command 'nope'" in p.stderr and "bench" in p.stderr
     p = subprocess.run([sys.executable, "-m", "ascan", "variants"], capture_output=True, text=True)
     assert p.returncode == 0 and "| `ascan_t` |" in p.stdout
+
+
+@pytest.mark.parametrize("module,args", [("ascan", ["variants"]), ("ascan_kernels", [])])
+def test_entry_point_with_closed_pipe(module, args):
+    """`python -m ascan_kernels | grep -q ...` closes the pipe early: no traceback, status 0."""
+    p = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    p.stdout.close()  # no reader left: every write the child makes now fails with EPIPE
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
