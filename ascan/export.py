@@ -35,7 +35,7 @@ import torch.nn as nn
 
 import ascan_kernels as K
 
-from ._files import atomic_write
+from ascan_kernels._files import atomic_write
 from .models.classifier import AsCAN
 from .models.segmentation import AsCANSegmenter
 from .models.unet import AsCANUNet

@@ -5,10 +5,17 @@
 * :func:`compute_dtype`, :func:`autocast_enabled`, :func:`residual_needs_promotion`: what
   autocast does to an op's dtypes;
 * :func:`memory_format_of`, :func:`version_key`: layouts and cache keys;
+* :class:`DerivedWeights`: weights laid out once per caller-owned weight (GEMM layouts, oneDNN
+  blocked formats), dropped when the weight changes in place or dies;
 * :func:`training_call`, :data:`SLOWER_IN_TRAINING`: the prefer rule of fused impls whose
   backward costs more than the eager op's.
 """
 from __future__ import annotations
+
+import collections
+import threading
+import weakref
+from typing import Callable, Hashable
 
 import torch
 
@@ -126,3 +133,46 @@ def training_call(*tensors) -> bool:
 # whole steps): linear_gelu 0.73x-0.94x (its backward recomputes the GEMM for GELU's
 # input), linear_add 0.86x-0.96x, add_layer_norm 0.64x-0.68x. bf16 could not be measured here.
 SLOWER_IN_TRAINING = "under autograd: forward + backward measured {} of eager (fp32, CPU)"
+
+
+class DerivedWeights:
+    """A bounded cache of tensors derived from a weight (a re-laid-out or pre-packed copy).
+
+    A key of (data_ptr, dtype, device, shape) alone could match a new tensor allocated where a
+    freed one lived, so an entry also holds a weak reference to the exact source tensor and its
+    version counter: a different tensor, or the same one updated in place (an optimizer step, a
+    new state dict), misses. At most ``max_entries`` entries, least recently used dropped
+    first. Not used while torch.compile traces (data pointers and versions are not traceable).
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def get(self, w: torch.Tensor, extra: Hashable, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``make()``'s result for (``w``, ``extra``), made once while ``w`` is unchanged."""
+        if torch.compiler.is_compiling():
+            return make()
+        key = (w.data_ptr(), w.dtype, w.device, tuple(w.shape), extra)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and hit[0]() is w and hit[1] == version_key(w):
+                self._entries.move_to_end(key)
+                return hit[2]
+        # A normal tensor, usable outside inference mode too; never part of a graph.
+        with torch.inference_mode(False), torch.no_grad():
+            out = make()
+        with self._lock:
+            self._entries[key] = (weakref.ref(w), version_key(w), out)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return out

@@ -51,6 +51,9 @@ class Capabilities:
         input's dtype); ``dtypes_note`` is added to the refusal (e.g. what the CPU lacks).
     cuda_capability: (min, max) compute capability as (major, minor), either end None.
     empty: whether it takes inputs with no elements.
+    timed_devices: device types where timing the impl measures the kernel (None: all). The
+        Triton impls run on CPU tensors only under the interpreter, whose speed means nothing,
+        so autotuning never times them there; ``untimed_note`` says why.
     """
 
     devices: tuple[str, ...] | None = None
@@ -58,6 +61,14 @@ class Capabilities:
     dtypes_note: str = ""
     cuda_capability: tuple[tuple[int, int] | None, tuple[int, int] | None] | None = None
     empty: bool = True
+    timed_devices: tuple[str, ...] | None = None
+    untimed_note: str = ""
+
+    def untimed_reason(self, device_type: str) -> str | None:
+        """Why autotuning must not time this impl on ``device_type`` tensors, or None."""
+        if self.timed_devices is None or device_type in self.timed_devices:
+            return None
+        return f"not timed on {device_type}: {self.untimed_note or 'timing there measures nothing'}"
 
     def describe(self) -> str:
         """One line for tables: ``cpu; float32, bfloat16; no empty inputs``."""

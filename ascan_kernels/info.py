@@ -15,11 +15,13 @@ import importlib.util
 import json
 import os
 import platform
+import sys
 from typing import Any
 
 import torch
 
-from . import registry
+from . import autotuning, registry
+from ._host import cpu_model_and_flags
 from ._ext import _build_info, load_extension, ops_with_kernel
 from ._version import __version__
 from .backends import triton as triton_runtime
@@ -38,17 +40,7 @@ def _dist_version(name: str) -> str | None:
 
 def cpu_info() -> dict[str, Any]:
     """CPU model, threads, ATen's capability level and the ISA flags that matter here."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model in ("", platform.machine()):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
+    model, flags = cpu_model_and_flags()
     try:
         onednn_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -107,6 +99,7 @@ def collect() -> dict[str, Any]:
         "triton": {"reason": triton_runtime.unavailable_reason(), "interpreter": triton_runtime.interpreting()},
         "extension": extension_info(),
         "overrides": os.environ.get("ASCAN_KERNELS", ""),
+        "autotune": autotuning.cache_report(),
         "ops": {op: {impl.name: {"status": registry.get_op(op).availability(impl) or "ok", "doc": impl.doc,
                                  "priority": impl.priority}
                      for impl in registry.get_op(op).impls}
@@ -162,6 +155,7 @@ def format_report(data: dict[str, Any]) -> str:
     lines += ["", "extension:", *_build_lines(data["extension"]), ""]
     if data["overrides"]:
         lines += [f"ASCAN_KERNELS={data['overrides']}", ""]
+    lines += [autotuning.format_cache_report(data["autotune"], limit=12), ""]
     lines.append("ops (impls in priority order; per-call checks are in ascan_kernels.trace()):")
     width = max(len(i) for impls in data["ops"].values() for i in impls)
     for op, impls in data["ops"].items():
@@ -209,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ascan_kernels", description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--op-table", action="store_true", help="print the README's op table (from the registry)")
+    ap.epilog = "python -m ascan_kernels autotune --model NAME --batch N: fill the autotune cache for a model"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["autotune"]:
+        return autotuning.main(argv[1:])
     args = ap.parse_args(argv)
     if args.op_table:
         print(op_table())

@@ -17,6 +17,10 @@ Users force or forbid impls with ``use(attention="eager")`` /
 (``ASCAN_KERNELS="attention=eager,conv_bn_gelu=!cpu"``). Forcing an impl that
 cannot run the given inputs raises :class:`KernelUnavailableError`; it never falls
 back.
+
+With autotuning on (``ASCAN_AUTOTUNE=1`` or ``with autotune():``, see
+:mod:`ascan_kernels.autotuning`) an inference call's impl is chosen by timing every impl that
+can run it instead of by priority and ``prefer`` rules; the trace shows the timings.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from . import autotuning as _autotune
 from .capabilities import (EAGER_PRIORITY, PRIORITY, Capabilities, call_info, capability_reason, device_capability,
                            device_reason)
 
@@ -194,11 +199,12 @@ class Op:
     # -- dispatch ---------------------------------------------------------------------
     def select(self, args: tuple, kwargs: dict) -> tuple[Impl, tuple[tuple[str, str], ...]]:
         """Pick the impl for these inputs. Returns (impl, ((skipped_name, reason), ...))."""
-        impl, skipped, _forced, _quiet = self._select(args, kwargs)
+        impl, skipped, _forced, _quiet, _decision = self._select(args, kwargs)
         return impl, skipped
 
-    def _select(self, args: tuple, kwargs: dict) -> tuple[Impl, tuple[tuple[str, str], ...], bool, frozenset[str]]:
-        """(impl, skipped (name, reason) pairs, forced?, names of skips not worth logging)."""
+    def _select(self, args: tuple, kwargs: dict) -> Selection:
+        """(impl, skipped (name, reason) pairs, forced?, names of skips not worth logging,
+        the autotune decision or None)."""
         needs_grad = torch.is_grad_enabled() and any(
             isinstance(a, torch.Tensor) and a.requires_grad for a in _flat_tensors(args, kwargs)
         )
@@ -210,7 +216,11 @@ class Op:
                 raise KernelUnavailableError(
                     f"{self.name}: impl {forced!r} was forced but cannot run these inputs: {reason}\n"
                     + self.explain(args, kwargs))
-            return impl, (), True, frozenset()
+            return impl, (), True, frozenset(), None
+        if not needs_grad and _autotune.enabled():
+            tuned = self._select_autotuned(args, kwargs, forbidden)
+            if tuned is not None:
+                return tuned
         skipped: list[tuple[str, str]] = []
         quiet: set[str] = set()
         for impl in self._impls:
@@ -222,11 +232,47 @@ class Op:
                 why = impl.prefer(*args, **kwargs)
                 reason, loud = (None, False) if why is None else (f"not preferred: {why}", False)
             if reason is None:
-                return impl, tuple(skipped), False, frozenset(quiet)
+                return impl, tuple(skipped), False, frozenset(quiet), None
             skipped.append((impl.name, reason))
             if not loud:
                 quiet.add(impl.name)
         raise AssertionError("unreachable: eager always accepts")  # pragma: no cover
+
+    def _select_autotuned(self, args: tuple, kwargs: dict, forbidden: frozenset[str]) -> Selection | None:
+        """The fastest impl by measurement among those that can run these inputs (``prefer``
+        rules are what autotuning replaces, so they are not asked). None where autotune has
+        nothing to decide (one candidate) or must not decide (see ``autotune.choose``)."""
+        first = _first_tensor(args, kwargs)
+        if first is None:
+            return None
+        skipped: list[tuple[str, str]] = []
+        quiet: set[str] = set()
+        candidates: list[Impl] = []
+        for impl in self._impls:
+            if impl.name in forbidden:
+                skipped.append((impl.name, "forbidden by use()/ASCAN_KERNELS"))
+                quiet.add(impl.name)
+                continue
+            reason = None if impl.name == EAGER else self._why_not(impl, args, kwargs, False)[0]
+            if reason is None and impl.caps is not None:
+                reason = impl.caps.untimed_reason(first.device.type)
+            if reason is None:
+                candidates.append(impl)
+            else:
+                skipped.append((impl.name, reason))
+                quiet.add(impl.name)
+        if len(candidates) < 2:
+            return None
+        signature = describe_inputs(args, kwargs) + _autocast_note(first.device.type)
+        decision = _autotune.choose(self.name, candidates, args, kwargs, first.device, signature)
+        if decision is None:
+            return None
+        for impl in candidates:
+            if impl.name != decision.impl:
+                why = decision.errors.get(impl.name)
+                skipped.append((impl.name, f"failed while autotuned: {why}" if why else "slower when autotuned"))
+                quiet.add(impl.name)
+        return self.impl(decision.impl), tuple(skipped), False, frozenset(quiet), decision
 
     def explain(self, args: tuple, kwargs: dict) -> str:
         """The inputs and every impl's verdict on them, for error messages."""
@@ -268,9 +314,10 @@ class Op:
                 if len(_SELECT_CACHE) >= _SELECT_CACHE_MAX:
                     _SELECT_CACHE.clear()
                 _SELECT_CACHE[key] = hit
-        impl, skipped, forced, quiet = hit
+        impl, skipped, forced, quiet, tuned = hit
         if _ACTIVE_TRACES:
-            rec = TraceRecord.of(self.name, impl.name, skipped, args, kwargs, forced=forced)
+            rec = TraceRecord.of(self.name, impl.name, skipped, args, kwargs, forced=forced,
+                                 tuned=tuned.note() if tuned is not None else None)
             for t in _ACTIVE_TRACES:
                 t.records.append(rec)
         if skipped and _LOG_FALLBACKS:
@@ -367,7 +414,9 @@ CUSTOM_OP_NAMESPACES = ("ascan", "ascan_C", "ascan_triton", "ascan_fa4")
 # ---------------------------------------------------------------------------------------
 # Selection cache: selection depends only on metadata, so memoise it per signature.
 # ---------------------------------------------------------------------------------------
-_SELECT_CACHE: dict[tuple, tuple[Impl, tuple[tuple[str, str], ...], bool, frozenset[str]]] = {}
+# (impl, skipped (name, reason) pairs, forced?, skips not worth logging, autotune decision)
+Selection = tuple[Impl, tuple[tuple[str, str], ...], bool, frozenset[str], "_autotune.Decision | None"]
+_SELECT_CACHE: dict[tuple, Selection] = {}
 _SELECT_CACHE_MAX = 4096
 
 
@@ -419,11 +468,22 @@ def _autocast_state() -> tuple:
     return tuple(torch.get_autocast_dtype(d) if torch.is_autocast_enabled(d) else None for d in ("cpu", "cuda"))
 
 
+def _autocast_note(device_type: str) -> str:
+    """``"; autocast bfloat16"`` when autocast is on for ``device_type``: part of an
+    autotune signature, since autocast changes the dtype every impl computes in."""
+    try:
+        on = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type without autocast (meta)
+        return ""
+    return f"; autocast {_fmt_dtype(torch.get_autocast_dtype(device_type))}" if on else ""
+
+
 def _cache_key(name: str, args: tuple, kwargs: dict) -> tuple | None:
     key = (
         name,
         torch.is_grad_enabled(),
         _OVERRIDE_VERSION[0],
+        _autotune.state_key(),
         _autocast_state(),
         tuple(map(_describe, args)),
         tuple((k, _describe(v)) for k, v in kwargs.items()) if kwargs else (),
@@ -566,9 +626,12 @@ class TraceRecord:
     args: tuple = ()
     forced: bool = False
     input_dtype: torch.dtype | None = None
+    # The autotune decision's timings (``Decision.note()``) when autotuning chose the impl.
+    tuned: str | None = None
 
     @classmethod
-    def of(cls, op: str, impl: str, skipped, args: tuple, kwargs: dict, forced: bool = False) -> "TraceRecord":
+    def of(cls, op: str, impl: str, skipped, args: tuple, kwargs: dict, forced: bool = False,
+           tuned: str | None = None) -> "TraceRecord":
         tensors = list(_flat_tensors(args, kwargs))
         first = tensors[0] if tensors else None
         return cls(
@@ -582,12 +645,15 @@ class TraceRecord:
             args=tuple(_arg_summary(a) for a in args),
             forced=forced,
             input_dtype=first.dtype if first is not None else None,
+            tuned=tuned,
         )
 
     @property
     def why(self) -> str:
         if self.forced:
             return "forced by use()/ASCAN_KERNELS"
+        if self.tuned:
+            return self.tuned
         if not self.skipped:
             return "highest-priority impl that accepts"
         return "; ".join(f"{n}: {r}" for n, r in self.skipped)
@@ -629,7 +695,7 @@ class Trace:
         notes: dict[str, int] = {}
 
         def why(r: TraceRecord) -> str:
-            if r.forced or not r.skipped:
+            if r.forced or r.tuned or not r.skipped:
                 return r.why
             refs = []
             for name, reason in r.skipped:

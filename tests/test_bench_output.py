@@ -14,7 +14,7 @@ from ascan.cli.claims import claims_table, main as claims_main
 
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 TINY = ["--models", "ascan_t", "--batch", "1", "--size", "64", "--runs", "1", "--warmup", "0", "--no-peers",
-        "--runtimes", "none"]
+        "--runtimes", "none", "--no-peak"]
 
 
 def T(q1, med, q3, runs=10):
@@ -185,3 +185,34 @@ def test_plot_panels_per_batch(tmp_path):
     table = B.format_table(rows)                                       # every kind of row renders
     assert "could not build" in table and "convnext_tiny (timm)" in table
     assert "fused 1.20x vs eager: holds here" in table
+
+
+# ---- fraction of the measured peak; the autotuned row ---------------------------------
+
+def test_peak_fraction_is_flops_over_the_measured_peak():
+    fused = T(9.0, 10.0, 11.0)
+    row = Row("ascan_t", "ascan", "fp32", 2, 224, 13.7, 1.0, T(19.0, 20.0, 21.0), fused)
+    peaks = {"fp32": 800.0, "bf16": 10.0}
+    assert row.peak_fraction(fused, peaks) == pytest.approx(2 * 1e9 * 2 / 0.010 / 800e9)   # 0.5
+    low = Row("ascan_t", "ascan", "bf16", 2, 224, 13.7, 1.0, T(19.0, 20.0, 21.0), fused)
+    assert low.peak_fraction(fused, peaks) == pytest.approx(0.5)  # an emulated bf16 GEMM: the fp32 peak
+    assert low.peak_fraction(fused, {"fp32": 100.0, "bf16": 1600.0}) == pytest.approx(0.25)
+    assert Row("p", "peer", "fp32", 1, 224, 1.0, None, fused).peak_fraction(fused, peaks) is None  # MACs unknown
+    table = B.format_table([row, low], peaks)
+    assert "% of GEMM peak" in table and "fused 50" in table and "bf16 rows against the fp32 peak" in table
+
+
+def test_autotuned_row_fills_and_uses_the_cache(tmp_path, capsys):
+    cache = tmp_path / "autotune.json"
+    args = [a for a in TINY if a != "--no-peak"]
+    assert bench_main([*args, "--dtype", "fp32", "--autotune", "--autotune-cache", str(cache),
+                       "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    data = json.loads((tmp_path / "bench.json").read_text())
+    row = data["rows"][0]
+    assert row["autotuned"]["runs"] == 1 and row["fused"]["runs"] == 1
+    assert data["machine"]["gemm_peak_gflops"]["fp32"] > 0
+    assert 0 < row["gemm_peak_fraction"]["fused"] < 1.5
+    assert "autotuned ms [IQR]" in out and "% of GEMM peak" in out
+    doc = json.loads(cache.read_text())
+    assert sum(len(e) for sec in doc["environments"].values() for e in sec["ops"].values()) >= 10

@@ -2,9 +2,11 @@
 
 For each model, dtype and batch size: parameters and MACs (counted by code), the
 latency of the eager model (``fused=False``), of the fused model (``fused=True``),
-optionally of ``torch.compile`` of the eager model, of the deployment runtimes on the
-model exported to ONNX (ONNX Runtime and OpenVINO, when installed, on the CPU: the choice a
-CPU deployer has), the fused speedup and the throughput.
+optionally of ``torch.compile`` of the eager model (with Inductor's freezing on the CPU,
+the way a CPU deployer would compile for inference), of the fused model with autotuned
+dispatch (``--autotune``), of the deployment runtimes on the model exported to ONNX (ONNX
+Runtime and OpenVINO, when installed, on the CPU: the choice a CPU deployer has), the fused
+speedup, the throughput, and the fraction of this machine's measured GEMM peak each reaches.
 
 How it times: the implementations compared with each other (eager, fused and compile
 of one model/dtype/batch; a timm peer and the reference AsCAN model, fused) are run
@@ -127,6 +129,7 @@ class Row:
     eager: Timing | None = None
     fused: Timing | None = None
     compiled: Timing | None = None
+    tuned: Timing | None = None    # the fused model with autotuned dispatch (--autotune)
     note: str = ""
     ref_model: str | None = None   # peers: the AsCAN model (fused) timed interleaved with this one
     ref: Timing | None = None
@@ -155,13 +158,22 @@ class Row:
 
     @property
     def best(self) -> Timing | None:
-        ts = [t for t in (self.fused, self.eager, self.compiled, *self.runtimes.values()) if t is not None]
+        ts = [t for t in (self.fused, self.eager, self.compiled, self.tuned, *self.runtimes.values())
+              if t is not None]
         return min(ts, key=lambda t: t.median_ms) if ts else None
 
     @property
     def throughput(self) -> float | None:
         t = self.fused or self.eager
         return None if t is None else self.batch / (t.median_ms / 1e3)
+
+    def peak_fraction(self, t: Timing | None, peak_gflops: dict[str, float]) -> float | None:
+        """Achieved GFLOP/s (2 x counted MACs x batch / median) over the measured GEMM peak
+        for this row's dtype (:func:`peak_for`)."""
+        peak = peak_for(self.dtype, peak_gflops)
+        if t is None or self.macs_g is None or not peak:
+            return None
+        return 2 * self.macs_g * self.batch / (t.median_ms / 1e3) / peak
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], runs: int, warmup: int,
@@ -215,6 +227,48 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def measure_gemm_peak(dtypes: list[str], device: torch.device, n: int = 2048, reps: int = 5) -> dict[str, float]:
+    """GFLOP/s of a large square matmul (``n`` x ``n`` x ``n``) per dtype, best of ``reps``:
+    what this machine's cores reach on the friendliest dense work, with torch's thread count.
+    Each dtype is probed at ``n // 4`` first; one that is far slower there (bf16 emulated on a
+    CPU without bf16 FMA: a 2048^3 call would take a minute) is reported from the probe."""
+    out: dict[str, float] = {}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def rate(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
+        torch.mm(a, b)
+        best = math.inf
+        for _ in range(k):
+            sync()
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        return 2 * a.shape[0] ** 3 / best / 1e9
+
+    for name in dtypes:
+        dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+        try:
+            small = [torch.randn(n // 4, n // 4, device=device).to(dt) for _ in range(2)]
+            gflops = rate(*small, 2)
+            if gflops * 1e9 > 2 * n ** 3 / 0.5:  # a full-size call under half a second: measure it
+                gflops = rate(*[torch.randn(n, n, device=device).to(dt) for _ in range(2)], reps)
+            out[name] = gflops
+        except RuntimeError:  # a dtype without a matmul here (fp16 on some CPUs)
+            continue
+    return out
+
+
+def peak_for(dtype: str, peak_gflops: dict[str, float]) -> float | None:
+    """The peak a row of ``dtype`` is measured against: its own GEMM's, or fp32's where that is
+    faster (a low-precision GEMM emulated through fp32 cannot beat it; autocast's convs run
+    the same way)."""
+    own = peak_gflops.get(dtype)
+    if own is None:
+        return peak_gflops.get("fp32")
+    return max(own, peak_gflops.get("fp32", 0.0))
+
+
 def _autocast(device: torch.device, dtype: str):
     if dtype == "fp32":
         return contextlib.nullcontext()
@@ -236,6 +290,22 @@ def _peer_builder(name: str):
     import timm
 
     return lambda: timm.create_model(name, pretrained=False)
+
+
+def _compile(model: torch.nn.Module, device: torch.device) -> Callable[..., Any]:
+    """torch.compile for inference; on the CPU with Inductor's freezing (weights folded into
+    the graph as constants, conv weights pre-packed for oneDNN), applied when the first call
+    compiles."""
+    compiled = torch.compile(model)
+    if device.type != "cpu":
+        return compiled
+
+    def call(*args):
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            return compiled(*args)
+    return call
 
 
 def installed_runtimes() -> list[str]:
@@ -285,11 +355,14 @@ def _failed(e: Exception) -> str:
 def run_bench(models: list[str], dtypes: list[str], batches: list[int], size: int, device: torch.device,
               runs: int, warmup: int, compile_: bool, peers: list[str], progress: bool = True,
               ref_model: str | None = None, on_row: Callable[[Row], None] | None = None,
-              runtimes: list[str] | None = None) -> list[Row]:
+              runtimes: list[str] | None = None, autotune_cache: str | None = None,
+              autotune: bool = False) -> list[Row]:
     """Measure every (model, dtype, batch); returns the rows (see :class:`Row`).
 
     Per cell, eager, fused (and compile, and each of ``runtimes`` on the ONNX export of the
-    eager model: CPU only) are timed interleaved; per peer cell the peer
+    eager model: CPU only; and the fused model under ``ascan_kernels.autotune(autotune_cache)``
+    when ``autotune``, its cache filled by one call before timing) are timed interleaved;
+    per peer cell the peer
     (and its compile) is timed interleaved with ``ref_model`` fused when given.
     ``on_row(row)`` is called after every finished row (to save as it goes). A cell that
     raises gets a row with the error as its note and the run goes on."""
@@ -304,14 +377,16 @@ def run_bench(models: list[str], dtypes: list[str], batches: list[int], size: in
             on_row(row)
 
     runtimes = list(runtimes or []) if device.type == "cpu" else []
-    impls = "eager+fused" + ("+compile" if compile_ else "") + "".join(f"+{r}" for r in runtimes)
+    import ascan_kernels as K
+
+    impls = "eager+fused" + ("+autotuned" if autotune else "") + ("+compile" if compile_ else "") + "".join(f"+{r}" for r in runtimes)
     for name in models:
         params, macs = _count(lambda: build_model(name, fused=False), size)
         torch.manual_seed(0)
         eager = build_model(name, fused=False).eval().to(device)
         fused = build_model(name, fused=True).eval().to(device)
         fused.load_state_dict(eager.state_dict())
-        compiled = torch.compile(eager) if compile_ else None
+        compiled = _compile(eager, device) if compile_ else None
         deployed = _Deployed(eager, size, runtimes, dtypes) if runtimes else None
         for dtype in dtypes:
             for b in batches:
@@ -319,6 +394,11 @@ def run_bench(models: list[str], dtypes: list[str], batches: list[int], size: in
                 x = torch.randn(b, 3, size, size, device=device)
                 row = Row(name, "ascan", dtype, b, size, params, macs)
                 fns = {"eager": lambda: eager(x), "fused": lambda: fused(x)}
+                if autotune:
+                    def tuned_call(x=x):
+                        with K.autotune(autotune_cache):
+                            return fused(x)
+                    fns["tuned"] = tuned_call
                 if compiled is not None:
                     fns["compiled"] = lambda: compiled(x)
                 for rt in runtimes:
@@ -329,8 +409,11 @@ def run_bench(models: list[str], dtypes: list[str], batches: list[int], size: in
                         fns[rt] = (lambda run: lambda: run(x))(run)
                 try:
                     with torch.no_grad(), _autocast(device, dtype):
+                        if autotune:
+                            fns["tuned"]()  # times each op's impls once and caches the choices
                         t = time_interleaved(fns, runs, warm, device)
                     row.eager, row.fused, row.compiled = t["eager"], t["fused"], t.get("compiled")
+                    row.tuned = t.get("tuned")
                     row.runtimes = {rt: t[rt] for rt in runtimes if rt in t}
                 except Exception as e:
                     row.note = _failed(e)
@@ -350,7 +433,7 @@ def run_bench(models: list[str], dtypes: list[str], batches: list[int], size: in
             done(Row(name, "peer", dtypes[0], batches[0], size, float("nan"), None,
                      note=f"could not build: {type(e).__name__}: {e}"))
             continue
-        compiled = torch.compile(model) if compile_ else None
+        compiled = _compile(model, device) if compile_ else None
         for dtype in dtypes:
             for b in batches:
                 bar.step(f"{name} {dtype} b{b}" + (f" (interleaved with {ref_model} fused)" if ref else ""))
@@ -433,19 +516,31 @@ class _LoadMeter:
             print(warn, file=sys.stderr, flush=True)
 
 
-def format_table(rows: list[Row]) -> str:
+def format_table(rows: list[Row], peak_gflops: dict[str, float] | None = None) -> str:
     """Markdown table of the rows: ms are medians [interquartile range]; the comparison column
     is fused vs eager for AsCAN rows and the reference AsCAN model (fused, timed interleaved)
-    vs the peer for peer rows, with a verdict (see :func:`verdict`)."""
+    vs the peer for peer rows, with a verdict (see :func:`verdict`). With ``peak_gflops`` (per
+    dtype, :func:`measure_gemm_peak`) a column gives the fraction of it the fused model and each
+    runtime reach."""
     runtimes = [rt for rt in RUNTIMES if any(rt in r.runtimes or rt in r.runtime_notes for r in rows)]
+    tuned = any(r.tuned is not None for r in rows)
+    peak_gflops = peak_gflops or {}
     head = ("model", "dtype", "batch", "params (M)", "MACs (G)", "eager ms [IQR]", "fused ms [IQR]",
-            "compile ms [IQR]", *(f"{rt} ms [IQR]" for rt in runtimes), "img/s", "comparison (verdict from the IQRs)")
+            *(("autotuned ms [IQR]",) if tuned else ()),
+            "compile ms [IQR]", *(f"{rt} ms [IQR]" for rt in runtimes), "img/s",
+            *(("% of GEMM peak",) if peak_gflops else ()), "comparison (verdict from the IQRs)")
     out = [head]
     for r in rows:
         if r.note:
             out.append((r.model + (" (timm)" if r.kind == "peer" else ""), r.dtype, str(r.batch),
-                        "", "", "", "", "", *("" for _ in runtimes), "", r.note))
+                        *("" for _ in head[3:-1]), r.note))
             continue
+        fractions = []
+        for label, t in (("fused" if r.kind == "ascan" else "eager", r.fused if r.kind == "ascan" else r.eager),
+                         ("autotuned", r.tuned), *((rt, r.runtimes.get(rt)) for rt in runtimes)):
+            f = r.peak_fraction(t, peak_gflops)
+            if f is not None:
+                fractions.append(f"{label} {100 * f:.0f}")
         if r.kind == "ascan":
             v = r.fused_verdict
             cmp = f"fused {v.ratio:.2f}x vs eager: {v.text}" if v else "-"
@@ -458,10 +553,12 @@ def format_table(rows: list[Row]) -> str:
             f"{r.macs_g:.2f}" if r.macs_g is not None else "?",
             r.eager.cell() if r.eager else "-",
             r.fused.cell() if r.fused else "-",
+            *((r.tuned.cell() if r.tuned else "-",) if tuned else ()),
             r.compiled.cell() if r.compiled else "-",
             *(r.runtimes[rt].cell() if rt in r.runtimes else ("n/a" if rt in r.runtime_notes else "-")
               for rt in runtimes),
             f"{r.throughput:.1f}" if r.throughput else "-",
+            *((", ".join(fractions) or "-",) if peak_gflops else ()),
             cmp + "".join(f"; fused {r.runtimes[rt].median_ms / r.fused.median_ms:.2f}x vs {rt}"
                           for rt in runtimes if rt in r.runtimes and r.fused is not None),
         ))
@@ -469,6 +566,15 @@ def format_table(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in out]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     notes = sorted({f"{rt} n/a ({r.dtype}): {why}" for r in rows for rt, why in r.runtime_notes.items()})
+    if peak_gflops:
+        notes.insert(0, "% of GEMM peak: 2 x counted MACs x batch / median time, over the measured peak of a "
+                        "large torch.mm (2048^3; 512^3 for a dtype far slower there) (" + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak_gflops.items())
+                        + "); attention's matmuls and elementwise work are not in the MACs"
+                        + "".join(f"; {k} rows against the fp32 peak ({k} GEMM slower here)"
+                                  for k, v in peak_gflops.items() if v < peak_gflops.get("fp32", 0)))
+    if tuned:
+        notes.insert(0, "autotuned: the fused model under ascan_kernels.autotune(), choices timed once "
+                        "before the rows and taken from the cache while timed")
     if runtimes:
         notes.insert(0, "onnxruntime / openvino: the eager model exported to ONNX (fp32 graph; openvino "
                         "bf16 rows use its bf16 inference-precision hint), run with torch's thread count")
@@ -489,7 +595,10 @@ def to_json(rows: list[Row], info: dict[str, Any], args: dict[str, Any], complet
             "rows": [
                 {"model": r.model, "kind": r.kind, "dtype": r.dtype, "batch": r.batch, "size": r.size,
                  "params_m": None if math.isnan(r.params_m) else r.params_m, "macs_g": r.macs_g,
-                 "eager": t(r.eager), "fused": t(r.fused), "compiled": t(r.compiled),
+                 "eager": t(r.eager), "fused": t(r.fused), "compiled": t(r.compiled), "autotuned": t(r.tuned),
+                 "gemm_peak_fraction": {k: r.peak_fraction(v, info.get("gemm_peak_gflops") or {})
+                                        for k, v in (("fused", r.fused), ("eager", r.eager),
+                                                     ("autotuned", r.tuned), *r.runtimes.items())},
                  "speedup": r.speedup, "verdict": _verdict_json(r.fused_verdict),
                  "ref_model": r.ref_model, "ref": t(r.ref), "ref_verdict": _verdict_json(r.ref_verdict),
                  "runtimes": {k: t(v) for k, v in r.runtimes.items()}, "runtime_notes": dict(r.runtime_notes),
@@ -636,6 +745,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the eager model "
                                                            "(its first call compiles, untimed)")
+    ap.add_argument("--autotune", action="store_true",
+                    help="also time the fused model with autotuned dispatch (ascan_kernels.autotune())")
+    ap.add_argument("--autotune-cache", default=None,
+                    help="the autotune cache file for --autotune (default: ASCAN_AUTOTUNE_CACHE or the "
+                         "user cache dir, as ascan_kernels uses)")
+    ap.add_argument("--no-peak", action="store_true",
+                    help="skip measuring the GEMM peak (the %% of peak column)")
     ap.add_argument("--peers", type=_csv, default=None,
                     help=f"comma list of timm models to compare (default when timm is installed: "
                          f"{','.join(DEFAULT_PEERS)})")
@@ -695,6 +811,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--runtimes: the deployment runtimes are timed on the CPU only")
 
     info = machine_info(device)
+    if not args.no_peak:
+        # fp32 always: the low-precision rows are measured against it where it is faster
+        info["gemm_peak_gflops"] = measure_gemm_peak(["fp32", *(d for d in args.dtype if d != "fp32")], device)
     meter = _LoadMeter(info)
     meter.start()
     json_path = os.path.join(args.out, "bench.json") if args.out else None
@@ -716,7 +835,8 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     try:
         run_bench(args.models, args.dtype, args.batch, args.size, device, args.runs, args.warmup,
-                  args.compile, peers, ref_model=ref_model, on_row=on_row, runtimes=runtimes)
+                  args.compile, peers, ref_model=ref_model, on_row=on_row, runtimes=runtimes,
+                  autotune=args.autotune, autotune_cache=args.autotune_cache)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: keeping the rows finished so far", file=sys.stderr)
@@ -727,7 +847,7 @@ def main(argv: list[str] | None = None) -> int:
           f" | median [IQR] of {args.runs} interleaved rounds after {args.warmup} warm-up\n")
     if interrupted:
         print(f"INTERRUPTED after {len(done)} row(s): the table has only those\n")
-    print(format_table(done) if done else "(no rows finished)")
+    print(format_table(done, info.get("gemm_peak_gflops")) if done else "(no rows finished)")
     if args.out:
         save(complete=not interrupted, interrupted=interrupted)
         why = plot(done, os.path.join(args.out, "bench.png"), info) if done else "no rows: no plot"

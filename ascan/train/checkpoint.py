@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .._files import TMP_PREFIX, _fsync_dir, _suppress, atomic_write
+from ascan_kernels._files import TMP_PREFIX, _fsync_dir, _suppress, atomic_write
 
 CKPT_PREFIX = "ckpt-"
 

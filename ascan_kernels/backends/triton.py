@@ -72,7 +72,8 @@ def dtype_reason(dtype: torch.dtype, allowed=(torch.float16, torch.bfloat16, tor
 def capabilities(dtypes: tuple[torch.dtype, ...] = FLOATS, empty: bool = False) -> Capabilities:
     """What a ``triton`` impl takes: CUDA tensors (CPU ones under the interpreter), ``dtypes``,
     and sm_80 or newer (the GPUs the AOT checks compile for: bf16 dots need Ampere)."""
-    return Capabilities(devices=devices(), dtypes=dtypes, cuda_capability=((8, 0), None), empty=empty)
+    return Capabilities(devices=devices(), dtypes=dtypes, cuda_capability=((8, 0), None), empty=empty,
+                        timed_devices=("cuda",), untimed_note="CPU tensors run under Triton's interpreter (numerics only)")
 
 
 @functools.lru_cache(maxsize=None)

@@ -22,15 +22,11 @@ or tanh, SiLU), and stores once into a channels_last output.
 """
 from __future__ import annotations
 
-import collections
-import threading
-import weakref
-
 import torch
 import triton
 import triton.language as tl
 
-from ..._common import apply_act, compute_dtype, residual_needs_promotion, version_key
+from ..._common import DerivedWeights, apply_act, compute_dtype, residual_needs_promotion
 from ...backends import triton as runtime
 from ...registry import Impl
 
@@ -255,9 +251,7 @@ def _(x, w_gemm, bias, residual, kh, kw, stride, pad, act):
 # The GEMM weight: laid out once per folded weight and dtype, cached
 # ---------------------------------------------------------------------------------------
 _WEIGHT_CACHE_MAX = 64
-# key -> (weakref to the folded weight it came from, its _version then, gemm weight)
-_WEIGHT_CACHE: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
-_CACHE_LOCK = threading.Lock()
+_WEIGHT_CACHE = DerivedWeights(_WEIGHT_CACHE_MAX)
 
 
 def gemm_weight(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -267,35 +261,14 @@ def gemm_weight(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _cached_gemm_weight(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """:func:`gemm_weight`, memoised for a caller-owned folded weight (e.g. ConvBN's).
-
-    The key (data_ptr, dtype, device, shape) alone could match a new tensor allocated
-    where a freed one lived, so an entry also holds a weak reference to the exact
-    tensor and its version counter: a different tensor or an in-place update misses.
-    At most ``_WEIGHT_CACHE_MAX`` entries, least recently used dropped first.
-    """
-    if torch.compiler.is_compiling():  # version counters and data_ptr are not traceable
-        return gemm_weight(w, dtype)
-    key = (w.data_ptr(), w.dtype, w.device, tuple(w.shape), dtype)
-    with _CACHE_LOCK:
-        hit = _WEIGHT_CACHE.get(key)
-        if hit is not None and hit[0]() is w and hit[1] == version_key(w):
-            _WEIGHT_CACHE.move_to_end(key)
-            return hit[2]
-    with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode too
-        out = gemm_weight(w, dtype)
-    with _CACHE_LOCK:
-        _WEIGHT_CACHE[key] = (weakref.ref(w), version_key(w), out)
-        _WEIGHT_CACHE.move_to_end(key)
-        while len(_WEIGHT_CACHE) > _WEIGHT_CACHE_MAX:
-            _WEIGHT_CACHE.popitem(last=False)
-    return out
+    """:func:`gemm_weight`, memoised for a caller-owned folded weight (e.g. ConvBN's);
+    see :class:`~ascan_kernels._common.DerivedWeights`."""
+    return _WEIGHT_CACHE.get(w, dtype, lambda: gemm_weight(w, dtype))
 
 
 def clear_weight_cache() -> None:
     """Drop every cached GEMM weight."""
-    with _CACHE_LOCK:
-        _WEIGHT_CACHE.clear()
+    _WEIGHT_CACHE.clear()
 
 
 # ---------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ def _cpu(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residua
          stride, padding, dilation, groups, eps, momentum, training, act, folded):
     """Folded BN + one oneDNN conv with bias/residual/GELU post-ops; channels_last out."""
     w, b = fold_unless_given(folded, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
-    return conv_cpu(x, w, b, residual, stride, padding, dilation, groups, act)
+    # A folded weight the layer keeps is packed once; one folded here is new each call.
+    return conv_cpu(x, w, b, residual, stride, padding, dilation, groups, act, prepack=folded is not None)
 
 
 def impl() -> Impl:

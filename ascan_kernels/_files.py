@@ -1,5 +1,5 @@
 """Files that are never left half-written: write to a temporary in the same folder, fsync,
-rename (the checkpoints and the exporters share this)."""
+rename (the autotune cache, the checkpoints and the exporters share this)."""
 from __future__ import annotations
 
 import os
