@@ -116,6 +116,7 @@ def autotune(cache: str | os.PathLike | None = None, *, retune: bool = False) ->
     ``retune=True`` times again even where the cache has a decision, and stores the new one.
     """
     path = Path(cache) if cache is not None else None
+    _mark_for_compile()
     _cache_for(path or cache_path()).load()  # read now: torch.compile cannot read files while tracing
     _CONTEXTS.append((path, retune))
     try:
@@ -318,12 +319,23 @@ def time_impls(fns: dict[str, Callable[[], Any]], device: torch.device,
     return {name: statistics.median(s) for name, s in samples.items()}, errors
 
 
-@torch.compiler.assume_constant_result
 def _cached_choice(op: str, signature: str, device: str, names: tuple[str, ...]) -> str | None:
     """The cached impl name for a call being traced by torch.compile, or None (no timing)."""
     path, _retune = _active()
     d = _cache_for(path).lookup(environment_key(environment(torch.device(device))), op, signature)
     return d.impl if d is not None and d.impl in names else None
+
+
+_MARKED: list[bool] = []
+
+
+def _mark_for_compile() -> None:
+    """Tell Dynamo that :func:`_cached_choice`'s answer is a constant. Done when autotuning is
+    turned on, not at import: marking imports torch._dynamo, which ``import ascan_kernels``
+    must not (it costs seconds and changes what other libraries see)."""
+    if not _MARKED:
+        torch.compiler.assume_constant_result(_cached_choice)
+        _MARKED.append(True)
 
 
 def choose(op: str, candidates: Sequence[Any], args: tuple, kwargs: dict, device: torch.device,
@@ -450,3 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"cache {Path(args.cache) if args.cache else cache_path()}")
     print(f"Use it: {ENV_ENABLE}=1 (or `with ascan_kernels.autotune():`) makes the same calls take these impls.")
     return 0
+
+
+if _ENV_ON:
+    _mark_for_compile()
