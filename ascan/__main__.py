@@ -1,8 +1,8 @@
 """``python -m ascan [demo|bench|claims|variants]``: see ascan/cli/."""
 import sys
 
-from ascan_kernels._cli import run_cli
+import ascan_kernels as K
 
 from .cli import main
 
-sys.exit(run_cli(main))
+sys.exit(K.run_cli(main))

@@ -35,7 +35,6 @@ import torch.nn as nn
 
 import ascan_kernels as K
 
-from ascan_kernels._files import atomic_write
 from .models.classifier import AsCAN
 from .models.segmentation import AsCANSegmenter
 from .models.unet import AsCANUNet
@@ -177,7 +176,7 @@ def save_pt2(model: nn.Module, path: str | os.PathLike, inputs: Sequence[torch.T
     ops = custom_ops_in(ep)
     meta = _meta(model, "pt2", inputs, decomposed=decompose, custom_ops=ops,
                  load=("torch.export.load(path)" if not ops else "import ascan_kernels; torch.export.load(path)"))
-    atomic_write(path, lambda tmp: torch.export.save(ep, tmp, extra_files={"ascan.json": json.dumps(meta)}))
+    K.atomic_write(path, lambda tmp: torch.export.save(ep, tmp, extra_files={"ascan.json": json.dumps(meta)}))
     return Exported(Path(path), "pt2", ops, meta)
 
 
@@ -187,7 +186,7 @@ def save_aoti(model: nn.Module, path: str | os.PathLike, inputs: Sequence[torch.
     inputs = _export_inputs(model, inputs, dynamic_batch)
     ep = export_program(model, inputs, decompose=True, dynamic_batch=dynamic_batch)
     meta = _meta(model, "aoti", inputs)
-    atomic_write(path, lambda tmp: torch._inductor.aoti_compile_and_package(ep, package_path=tmp))
+    K.atomic_write(path, lambda tmp: torch._inductor.aoti_compile_and_package(ep, package_path=tmp))
     return Exported(Path(path), "aoti", [], meta)
 
 
@@ -217,7 +216,7 @@ def save_onnx(model: nn.Module, path: str | os.PathLike, inputs: Sequence[torch.
     entry.key, entry.value = "ascan", json.dumps(meta)
     import onnx  # optional: the deploy extra
 
-    atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
+    K.atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
     return Exported(Path(path), "onnx", [], meta)
 
 
@@ -243,8 +242,8 @@ def save_openvino(model: nn.Module, path: str | os.PathLike, inputs: Sequence[to
         staged = Path(d) / "model.xml"
         ov.save_model(ov_model, str(staged), compress_to_fp16=False)
         # The .bin first: an .xml is only ever beside the weights it names.
-        atomic_write(path.with_suffix(".bin"), lambda tmp: os.replace(staged.with_suffix(".bin"), tmp))
-        atomic_write(path, lambda tmp: os.replace(staged, tmp))
+        K.atomic_write(path.with_suffix(".bin"), lambda tmp: os.replace(staged.with_suffix(".bin"), tmp))
+        K.atomic_write(path, lambda tmp: os.replace(staged, tmp))
     return Exported(path, "openvino", [], {**exp.meta, "format": "openvino"})
 
 

@@ -16,7 +16,9 @@ declares, one priority table); ``ops/<op>/`` (each op with its reference and its
 ``autotuning`` (measured selection and its cache file); ``backends/`` (runtime probes: oneDNN, Triton, CUDA); ``_ext`` (loading the C++
 extension); ``tools/`` (AOT compile, resource and roofline reports; nothing imports them).
 """
+from ._cli import run_cli
 from ._common import fold_bn, version_key
+from ._files import TMP_PREFIX, atomic_write, fsync_dir
 from ._version import __version__
 from .autotuning import autotune
 from .ops import (
@@ -59,7 +61,7 @@ from .registry import (
 validate_env_overrides()
 
 __all__ = [
-    "__version__", "CUSTOM_OP_NAMESPACES",
+    "__version__", "CUSTOM_OP_NAMESPACES", "TMP_PREFIX", "atomic_write", "fsync_dir", "run_cli",
     "Impl", "KernelUnavailableError", "Op", "Trace", "TraceRecord",
     "autotune", "available", "decompositions", "get_op", "list_ops", "set_fallback_logging", "trace", "use", "version_key",
     "add_layer_norm", "add_layer_norm_reference", "attention", "attention_reference",

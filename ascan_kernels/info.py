@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import autotuning, registry
+from . import autotune_cli, autotuning, registry
 from ._host import cpu_model_and_flags
 from ._ext import _build_info, load_extension, ops_with_kernel
 from ._version import __version__
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.epilog = "python -m ascan_kernels autotune --model NAME --batch N: fill the autotune cache for a model"
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["autotune"]:
-        return autotuning.main(argv[1:])
+        return autotune_cli.main(argv[1:])
     args = ap.parse_args(argv)
     if args.op_table:
         print(op_table())

@@ -39,6 +39,8 @@ from typing import Any, Callable
 
 import torch
 
+import ascan_kernels as K
+
 from .. import export as ex
 from ..complexity import count_macs, count_params
 from ..models.classifier import CONFIGS
@@ -377,8 +379,6 @@ def run_bench(models: list[str], dtypes: list[str], batches: list[int], size: in
             on_row(row)
 
     runtimes = list(runtimes or []) if device.type == "cpu" else []
-    import ascan_kernels as K
-
     impls = "eager+fused" + ("+autotuned" if autotune else "") + ("+compile" if compile_ else "") + "".join(f"+{r}" for r in runtimes)
     for name in models:
         params, macs = _count(lambda: build_model(name, fused=False), size)

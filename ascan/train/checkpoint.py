@@ -14,6 +14,8 @@ of one. Leftover temporaries are removed by the next save.
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import shutil
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ascan_kernels._files import TMP_PREFIX, _fsync_dir, _suppress, atomic_write
+import ascan_kernels as K
 
 CKPT_PREFIX = "ckpt-"
 
@@ -34,7 +36,7 @@ def write_json(path: str | os.PathLike, obj) -> None:
     def w(tmp):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1, sort_keys=True)
-    atomic_write(path, w)
+    K.atomic_write(path, w)
 
 
 # --------------------------------------------------------------------------- weights
@@ -43,7 +45,7 @@ def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     broken) with ``meta`` JSON-encoded under the ``ascan`` metadata key."""
     from safetensors.torch import save_file
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata={"ascan": json.dumps(meta, sort_keys=True)}))
+    K.atomic_write(path, lambda tmp: save_file(flat, tmp, metadata={"ascan": json.dumps(meta, sort_keys=True)}))
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
@@ -113,7 +115,7 @@ def latest_checkpoint(out: str | os.PathLike) -> Path | None:
 
 def begin_checkpoint(out: Path, step: int) -> Path:
     """A fresh temporary directory to assemble checkpoint ``step`` in (rank 0 only)."""
-    tmp = out / f"{TMP_PREFIX}{CKPT_PREFIX}{step:08d}"
+    tmp = out / f"{K.TMP_PREFIX}{CKPT_PREFIX}{step:08d}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -123,26 +125,26 @@ def begin_checkpoint(out: Path, step: int) -> Path:
 def commit_checkpoint(out: Path, tmp: Path, step: int, keep: int) -> Path:
     """Rename the finished ``tmp`` into place, then drop all but the newest ``keep``
     checkpoints and any temporaries left by an interrupted save."""
-    _fsync_dir(tmp)
+    K.fsync_dir(tmp)
     final = step_dir(out, step)
     if final.exists():  # the same step saved twice (end of run right after a periodic save)
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(out)
+    K.fsync_dir(out)
     for old in list_checkpoints(out)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     for p in out.iterdir():
-        if p.name.startswith(TMP_PREFIX) and p != tmp:
+        if p.name.startswith(K.TMP_PREFIX) and p != tmp:
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:
-                with _suppress():
+                with contextlib.suppress(OSError):
                     p.unlink()
     return final
 
 
 def save_torch(path: str | os.PathLike, obj) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    K.atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_trainer_state(ckpt: Path) -> dict:
