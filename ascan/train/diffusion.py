@@ -24,6 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+import ascan_kernels as K
+
 from ..models.registry import build_model
 from ..sampling import generate, scaled_linear_alphas_cumprod
 from . import checkpoint as ck
@@ -162,7 +164,7 @@ def sample_and_judge(model: nn.Module, cfg: DiffusionConfig, num_classes: int, l
     result: dict = {"samples": len(y), "sample_s": time.perf_counter() - t0}
     grid = make_grid(F.interpolate(images, scale_factor=4, mode="nearest"), nrow=n, padding=2, pad_value=0.5)
     path = Path(cfg.out) / cfg.grid
-    ck.atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
+    K.atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
     result["grid"] = str(path)
     log(f"wrote {path}: {num_classes} rows (classes) x {n} samples ({cfg.sample_steps} DDIM steps, "
         f"guidance {cfg.guidance})")

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+import ascan_kernels as K
 from ascan.train import checkpoint as ck
 
 
@@ -20,7 +21,7 @@ def test_atomic_write_failure_leaves_old_file_and_no_temporary(tmp_path):
         raise KeyboardInterrupt  # a kill mid-write, as far as Python can see one
 
     with pytest.raises(KeyboardInterrupt):
-        ck.atomic_write(path, boom)
+        K.atomic_write(path, boom)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
 
