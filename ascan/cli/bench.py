@@ -30,6 +30,7 @@ import dataclasses
 import json
 import math
 import os
+import pathlib
 import platform
 import statistics
 import sys
@@ -608,22 +609,8 @@ def to_json(rows: list[Row], info: dict[str, Any], args: dict[str, Any], complet
 
 def write_json_atomic(path: str, data: dict[str, Any]) -> None:
     """Write ``data`` to ``path`` so that a reader (or an interrupted run) only ever sees a
-    whole file: temp file in the same directory, flush + fsync, ``os.replace``."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)                    # mkstemp's 0600 would make the file private
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    whole file (``ascan_kernels.atomic_write``: temporary, fsync, rename)."""
+    K.atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(data, indent=1)))
 
 
 def plot(rows: list[Row], path: str, info: dict[str, Any]) -> str | None:
