@@ -319,7 +319,7 @@ class Op:
             rec = TraceRecord.of(self.name, impl.name, skipped, args, kwargs, forced=forced,
                                  tuned=tuned.note() if tuned is not None else None)
             for t in _ACTIVE_TRACES:
-                t.records.append(rec)
+                t._add(rec, args, kwargs)
         if skipped and _LOG_FALLBACKS:
             _log_fallback(self.name, impl.name, tuple(s for s in skipped if s[0] not in quiet))
         return impl.fn(*args, **kwargs)
@@ -665,10 +665,31 @@ def _compute_dtype(op: str, t: torch.Tensor | None) -> torch.dtype | None:
 
 
 class Trace:
-    """Records of the op calls made inside a ``with trace()`` block."""
+    """Records of the op calls made inside a ``with trace()`` block.
 
-    def __init__(self) -> None:
+    With ``keep_inputs``, :attr:`inputs` also holds a copy of the arguments of the first call
+    per distinct ``(op, args)`` summary (``TraceRecord.op``/``.args``), keyed by that pair, so a
+    tool can replay each op at a model's real shapes (``bench/gpu_session.py`` times every impl
+    on them). The copies keep their strides and device; they cost memory, so it is off by default.
+    """
+
+    def __init__(self, keep_inputs: bool = False) -> None:
         self.records: list[TraceRecord] = []
+        self.keep_inputs = keep_inputs
+        self.inputs: dict[tuple[str, tuple], tuple[tuple, dict]] = {}
+
+    def _add(self, rec: TraceRecord, args: tuple, kwargs: dict) -> None:
+        self.records.append(rec)
+        if not self.keep_inputs:
+            return
+        key = (rec.op, rec.args)
+        try:
+            if key in self.inputs:
+                return
+        except TypeError:  # an unhashable argument: such a call is not kept
+            return
+        # A copy: the model may later write into an activation it passed in.
+        self.inputs[key] = (_copy_args(args), {k: _copy_args((v,))[0] for k, v in kwargs.items()})
 
     def __len__(self) -> int:
         return len(self.records)
@@ -737,6 +758,16 @@ def _arg_summary(a: Any) -> Any:
     return a
 
 
+def _copy_args(args: tuple) -> tuple:
+    def one(a: Any) -> Any:
+        if isinstance(a, torch.Tensor):
+            return a.detach().clone()  # preserve_format: same strides for dense tensors
+        if type(a) in (tuple, list):
+            return type(a)(one(b) for b in a)
+        return a
+    return tuple(one(a) for a in args)
+
+
 def _fmt_shapes(shapes) -> str:
     return " ".join("x".join(map(str, s)) for s in shapes)
 
@@ -749,13 +780,14 @@ _ACTIVE_TRACES: list[Trace] = []
 
 
 @contextlib.contextmanager
-def trace() -> Iterator[Trace]:
-    """Record which impl ran for each op call (and why) inside the block.
+def trace(keep_inputs: bool = False) -> Iterator[Trace]:
+    """Record which impl ran for each op call (and why) inside the block; with
+    ``keep_inputs``, also a copy of each distinct call's arguments (:class:`Trace`).
 
     Calls made inside ``torch.compile``'d code are selected at compile time and are
     not recorded per call.
     """
-    t = Trace()
+    t = Trace(keep_inputs)
     _ACTIVE_TRACES.append(t)
     try:
         yield t

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 
 import torch
 
 import ascan_kernels as K
 from ascan import build_model
-from ascan.cli.bench import Timing, _autocast, _compile, busy_warning, load_average, time_interleaved, verdict
+from ascan.cli.bench import (Timing, _autocast, _compile, busy_warning, load_average, time_interleaved, verdict,
+                             write_json_atomic)
+from ascan.cli.tables import markdown_table
 from ascan.export import example_inputs
 
 DEFAULT_CELLS = ("ascan_unet_c2i_s:1,8", "ascan_unet_c2i_b:1,8", "ascan_t_seg:1")
@@ -51,22 +54,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--autotune-cache", default=None, help="the autotune cache (default: ascan_kernels')")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--size", type=int, default=None,
+                    help="latent size for the UNets, image size for the segmenter (default: the model's)")
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file (rewritten after every row)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch.cuda.is_available() is False")
     warn = busy_warning(load_average(), torch.get_num_threads(), "before timing")
     if warn:
         print(warn, file=sys.stderr)
     head = ["model", "batch", "eager ms", "fused ms", "autotuned ms", "compile ms", "fused vs eager",
             "fused vs compile", "autotuned vs compile"]
     rows = [head]
+    measured: list[dict] = []
     for cell in args.cells:
         name, _, batches = cell.partition(":")
         fused, eager = _models(name, device)
         compiled = None if args.no_compile else _compile(eager, device)
         for b in [int(s) for s in (batches or "1").split(",")]:
-            inputs = example_inputs(fused, batch=b)
+            inputs = example_inputs(fused, batch=b, size=args.size)
             print(f"{name} batch {b} ...", file=sys.stderr, flush=True)
 
             def tuned(inputs=inputs):
@@ -82,13 +92,17 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([name, str(b), t["eager"].cell(), t["fused"].cell(), t["tuned"].cell(),
                          c.cell() if c else "-", _ratio(t["fused"], t["eager"]),
                          _ratio(t["fused"], c) if c else "-", _ratio(t["tuned"], c) if c else "-"])
+            measured.append({"model": name, "batch": b, "dtype": args.dtype, "device": str(device),
+                             **{k: dataclasses.asdict(v) for k, v in t.items()}})
+            if args.json:
+                write_json_atomic(args.json, {"complete": False, "runs": args.runs, "rows": measured})
             print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["| " + " | ".join(x.ljust(w) for x, w in zip(r, widths)) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    print(f"\n{args.dtype}, {torch.get_num_threads()} threads, median [IQR] of {args.runs} interleaved rounds; "
+    if args.json:
+        write_json_atomic(args.json, {"complete": True, "runs": args.runs, "rows": measured})
+    threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    print(f"\n{args.dtype} on {device} ({threads}), median [IQR] of {args.runs} interleaved rounds; "
           "ratios > 1: the first is faster\n")
-    print("\n".join(lines))
+    print(markdown_table(rows))
     return 0
 
 

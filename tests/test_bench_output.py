@@ -138,8 +138,9 @@ def test_interrupt_keeps_valid_json_with_rows_done(tmp_path, monkeypatch, capsys
     assert data["complete"] is False and data["interrupted"] is True
     assert [(r["model"], r["dtype"]) for r in data["rows"]] == [("ascan_t", "fp32")]
     assert data["rows"][0]["eager"]["median_ms"] > 0 and "load_avg_end" in data["machine"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == (["bench.json", "bench.png"] if HAS_MPL
-                                                           else ["bench.json"])   # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["bench.json", "bench.png", "table.md"] if HAS_MPL
+                                                           else ["bench.json", "table.md"])   # no temp files left
+    assert "| ascan_t" in (tmp_path / "table.md").read_text()  # the table of the rows done
     out = capsys.readouterr().out
     assert "INTERRUPTED after 1 row(s)" in out and "| ascan_t" in out
 

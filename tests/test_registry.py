@@ -200,3 +200,25 @@ def test_selection_cache_respects_overrides():
         assert t.impls() == ["cpu", "eager", "cpu"]
     else:
         assert t.impls() == ["eager"] * 3
+
+
+def test_trace_keep_inputs_keeps_one_copy_per_distinct_call():
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    y = torch.randn(3, 16)
+    w, b = torch.ones(16), torch.zeros(16)
+    with K.trace() as plain:
+        K.layer_norm(y, w, b)
+    assert plain.inputs == {}  # off by default: a trace holds no tensors
+    with K.trace(keep_inputs=True) as t:
+        K.group_norm_silu(x, 4, None, None)
+        K.group_norm_silu(x, 4, None, None)
+        K.layer_norm(y, w, b)
+    assert len(t.records) == 3 and len(t.inputs) == 2
+    key = (t.records[0].op, t.records[0].args)
+    (kx, *_), kwargs = t.inputs[key]
+    assert torch.equal(kx, x) and kx.stride() == x.stride() and kx.data_ptr() != x.data_ptr()
+    x.add_(1.0)  # the caller writing into its tensor later does not change the copy
+    assert not torch.equal(kx, x)
+    # replaying the copy gives what the call gave
+    args, kwargs = t.inputs[(t.records[2].op, t.records[2].args)]
+    torch.testing.assert_close(K.get_op("layer_norm")(*args, **kwargs), K.layer_norm(y, w, b))

@@ -16,9 +16,9 @@ rounds), so a busy neighbour slows them alike. Each latency is the median of
 says "holds here" / "does not hold here" only when the two interquartile ranges do
 not overlap, and "inconclusive" (with both ranges) when they do.
 
-Output: a table on the terminal at the end; with ``--out DIR`` a JSON file rewritten
-atomically after every finished row (``"complete": false`` until the run ends, so an
-interrupted run keeps what it measured) and, at the end, a PNG plot (latency vs
+Output: a table on the terminal at the end; with ``--out DIR`` a JSON file (``bench.json``)
+and the table (``table.md``) rewritten atomically after every finished row (``"complete":
+false`` until the run ends, so an interrupted run keeps what it measured) and, at the end, a PNG plot (latency vs
 parameters, one panel per batch size). A WARNING goes to stderr when the machine is
 busy (1-minute load average above the threads torch uses): timings are unreliable then.
 """
@@ -46,6 +46,7 @@ from .. import export as ex
 from ..complexity import count_macs, count_params
 from ..models.classifier import CONFIGS
 from ..models.registry import build_model
+from .tables import markdown_table
 
 # The paper compares against hybrid and efficient-attention nets of the same class.
 DEFAULT_PEERS = ("coatnet_0_rw_224", "maxvit_tiny_tf_224", "convnext_tiny", "fastvit_sa12", "efficientvit_b1")
@@ -563,9 +564,7 @@ def format_table(rows: list[Row], peak_gflops: dict[str, float] | None = None) -
             cmp + "".join(f"; fused {r.runtimes[rt].median_ms / r.fused.median_ms:.2f}x vs {rt}"
                           for rt in runtimes if rt in r.runtimes and r.fused is not None),
         ))
-    widths = [max(len(row[i]) for row in out) for i in range(len(head))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in out]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines = [markdown_table(out)]
     notes = sorted({f"{rt} n/a ({r.dtype}): {why}" for r in rows for rt, why in r.runtime_notes.items()})
     if peak_gflops:
         notes.insert(0, "% of GEMM peak: 2 x counted MACs x batch / median time, over the measured peak of a "
@@ -810,6 +809,9 @@ def main(argv: list[str] | None = None) -> int:
     def save(complete: bool = False, interrupted: bool = False) -> None:
         if json_path:
             write_json_atomic(json_path, to_json(done, info, arg_record, complete, interrupted))
+            if done:  # the terminal's table too, for a reader of the folder (bench/gpu_session.py)
+                table = format_table(done, info.get("gemm_peak_gflops"))
+                K.atomic_write(os.path.join(args.out, "table.md"), lambda tmp: pathlib.Path(tmp).write_text(table + "\n"))
 
     if args.out:
         os.makedirs(args.out, exist_ok=True)

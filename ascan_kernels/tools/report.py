@@ -28,6 +28,7 @@ sequences are what PyTorch runs for the unfused model in eval mode:
 * add_layer_norm: add (x, r -> s), LayerNorm (s -> y)
 * linear_gelu:  GEMM with bias (x, W -> h), GELU (h -> h);  linear_add: GEMM, add
 * group_norm_silu: GroupNorm (stats read + apply), * (1 + scale), + shift, SiLU
+* conv_bias_act: conv with bias (x, w -> y), + residual (y, r -> out), activation (y -> y)
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ import torch
 
 import ascan
 import ascan_kernels as K
+from ascan.cli.tables import markdown_table
 
 from . import aot
 from .cuda_resources import resource_usage
@@ -56,8 +58,10 @@ class Cost:
     bytes: float
     flops: float = 0.0
 
-    def floor_s(self) -> float:
-        return max(self.bytes / H100_BYTES_PER_S, self.flops / H100_BF16_FLOPS)
+    def floor_s(self, bytes_per_s: float = H100_BYTES_PER_S, flops_per_s: float = H100_BF16_FLOPS) -> float:
+        """The time floor on a device of that memory bandwidth and arithmetic rate (an H100's
+        by default)."""
+        return max(self.bytes / bytes_per_s, self.flops / flops_per_s)
 
 
 def _numel(shape) -> int:
@@ -81,6 +85,26 @@ def _conv_costs(op: str, args: tuple, e: int) -> tuple[Cost, list[Cost], str]:
     if op == "conv_bn_gelu":
         eager.append(Cost(2 * y))                                  # GELU
     desc = f"{kh}x{kw}/s{stride[0]} {n}x{cin}x{h}x{w} -> {cout}x{ho}x{wo}"
+    return fused, eager, desc
+
+
+def _conv_bias_act_costs(args: tuple, e: int) -> tuple[Cost, list[Cost], str]:
+    (xs, _), (ws, _) = args[0], args[1]
+    residual, stride, padding, dilation, groups, act = args[3], args[4], args[5], args[6], args[7], args[8]
+    n, cin, h, w = xs
+    cout, cin_g, kh, kw = ws
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    x, wt, y = _numel(xs) * e, _numel(ws) * e, n * cout * ho * wo * e
+    flops = 2.0 * n * ho * wo * cout * cin_g * kh * kw
+    fused = Cost(x + wt + y + (y if residual is not None else 0), flops)
+    eager = [Cost(x + wt + y, flops)]                              # conv with its bias
+    if residual is not None:
+        eager.append(Cost(3 * y))                                  # + residual
+    if act != "none":
+        eager.append(Cost(2 * y))                                  # the activation
+    desc = (f"{kh}x{kw}/s{stride[0]} {n}x{cin}x{h}x{w} -> {cout}x{ho}x{wo}"
+            + (" + res" if residual is not None else "") + ("" if act == "none" else f" {act}"))
     return fused, eager, desc
 
 
@@ -126,6 +150,8 @@ def call_costs(op: str, args: tuple) -> tuple[Cost, list[Cost], str]:
     e = SIZE.get(dtype, 4)
     if op.startswith("conv_bn"):
         return _conv_costs(op, args, e)
+    if op == "conv_bias_act":
+        return _conv_bias_act_costs(args, e)
     if op == "attention":
         return _attention_costs(args, e)
     if op.startswith("linear_"):
@@ -166,18 +192,6 @@ def model_calls(name: str = "ascan_t", batch: int = 64, resolution: int = 224,
     return [(op, args, c) for (op, args), c in counts.items()]
 
 
-def _fmt_table(rows: list[tuple[str, ...]], right: set[int] = frozenset()) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = []
-    for j, r in enumerate(rows):
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
-        out.append("| " + " | ".join(cells) + " |")
-        if j == 0:
-            out.append("|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
-                                      for i, w in enumerate(widths)) + "|")
-    return "\n".join(out)
-
-
 def roofline_table(calls: list[tuple[str, tuple, int]]) -> str:
     """Markdown table of the roofline per distinct call, with a model total."""
     rows = [("op", "shape", "calls", "GFLOP", "fused MB", "eager MB", "fused floor us",
@@ -193,7 +207,7 @@ def roofline_table(calls: list[tuple[str, tuple, int]]) -> str:
                      f"{sum(c.bytes for c in eager) / 1e6:.1f}", f"{ff:.1f}", f"{fe:.1f}", f"{fe / ff:.2f}x"))
     rows.append(("**all fused-op calls**", "", "", "", "", "", f"{tot_f:.0f}", f"{tot_e:.0f}",
                  f"{tot_e / tot_f:.2f}x"))
-    return _fmt_table(rows, right={2, 3, 4, 5, 6, 7, 8})
+    return markdown_table(rows, right={2, 3, 4, 5, 6, 7, 8})
 
 
 def _without_dtype(name: str) -> str:
@@ -225,7 +239,7 @@ def resource_table(results, merge_dtypes: bool = False) -> str:
                      str(max(r.spills for r in rs)),
                      _range(f"{smem[0] / 1024:.0f}", f"{smem[-1] / 1024:.0f}"),
                      "/".join(tcs), "ok" if not bad else "; ".join(sorted(set(bad)))))
-    return _fmt_table(rows, right={2, 3, 4, 5})
+    return markdown_table(rows, right={2, 3, 4, 5})
 
 
 def cuda_resource_table() -> str | None:
@@ -247,7 +261,7 @@ def cuda_resource_table() -> str | None:
         regs = sorted(u.registers for u in us)
         rows.append((family, arch, str(len(us)), f"{regs[0]}-{regs[-1]}" if regs[0] != regs[-1] else str(regs[0]),
                      str(max(u.shared for u in us)), str(max(u.local + u.stack for u in us))))
-    return _fmt_table(rows, right={2, 3, 4, 5})
+    return markdown_table(rows, right={2, 3, 4, 5})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     print(roofline_table(model_calls(args.model, args.batch, args.resolution)))
     if args.unet:
         print(f"\n## Roofline on an H100: {args.unet}, batch {args.unet_batch}, {args.unet_latent}x{args.unet_latent} "
-              "latents, bf16 inference (fused-op calls only; the UNet's plain convs are not ops)\n")
+              "latents, bf16 inference (fused-op calls: the UNet's convs are conv_bias_act calls)\n")
         print(roofline_table(model_calls(args.unet, args.unet_batch, args.unet_latent)))
     return status
 

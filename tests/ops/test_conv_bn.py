@@ -63,6 +63,12 @@ def test_fused_matches_reference(op, case, dtype, impl):
     ho = (hw[0] + 2 * p - d * (k - 1) - 1) // s + 1
     wo = (hw[1] + 2 * p - d * (k - 1) - 1) // s + 1
     res = torch.randn(2, cout, ho, wo).to(dtype) if op == "conv_bn_add" else None
+    if impl == "cpu" and dtype == torch.bfloat16 and g > 1 and (cin // g) % 2 == 1:
+        # documented decline (oneDNN's bf16 grouped conv with an odd channel count per group
+        # leaks NaN across pixels): forcing it names why, the default falls back and is right
+        with torch.no_grad(), K.use(**{op: impl}), pytest.raises(K.KernelUnavailableError, match="odd"):
+            call(op, x, w, bn, res, **kw)
+        impl = "eager"
     with torch.no_grad():
         with K.use(**{op: impl}), K.trace() as t:
             got = call(op, x, w, bn, res, **kw)

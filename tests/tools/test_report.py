@@ -58,3 +58,26 @@ def test_main_roofline_only(capsys):
                         "--unet", "ascan_unet_c2i_s", "--unet-batch", "2", "--unet-latent", "8"]) == 0
     out = capsys.readouterr().out
     assert "ascan_t, batch 2" in out and "ascan_unet_c2i_s, batch 2, 8x8 latents" in out
+
+
+def test_conv_bias_act_costs_by_hand():
+    # 1x4x8x8 fp32, 3x3 conv, stride 1, pad 1, 6 out channels, a residual and SiLU
+    args = (((1, 4, 8, 8), torch.float32), ((6, 4, 3, 3), torch.float32), ((6,), torch.float32),
+            ((1, 6, 8, 8), torch.float32), (1, 1), (1, 1), (1, 1), 1, "silu")
+    fused, eager, desc = report.call_costs("conv_bias_act", args)
+    x, w, y = 4 * 64 * 4, 6 * 4 * 9 * 4, 6 * 64 * 4
+    assert fused.flops == 2 * 64 * 6 * 4 * 9
+    assert fused.bytes == x + w + y + y  # x, weight, output, residual (the bias is not counted)
+    assert [c.bytes for c in eager] == [x + w + y, 3 * y, 2 * y]
+    assert desc == "3x3/s1 1x4x8x8 -> 6x8x8 + res silu"
+    # dilation 2, no padding, stride 2, no residual or activation: (8 - 2*2 - 1) // 2 + 1 = 2
+    args = (((1, 4, 8, 8), torch.float32), ((6, 4, 3, 3), torch.float32), None, None,
+            (2, 2), (0, 0), (2, 2), 1, "none")
+    fused, eager, desc = report.call_costs("conv_bias_act", args)
+    assert desc == "3x3/s2 1x4x8x8 -> 6x2x2" and len(eager) == 1
+
+
+def test_floor_on_other_roofs():
+    c = report.Cost(bytes=4e9, flops=1e12)
+    assert c.floor_s(2e12, 1e15) == pytest.approx(2e-3)   # memory-bound there
+    assert c.floor_s(4e12, 1e14) == pytest.approx(1e-2)   # compute-bound there

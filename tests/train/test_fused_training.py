@@ -42,10 +42,33 @@ def _train(name, kwargs, fused, batches, loss_fn, steps, force=False):
     return losses, tr
 
 
+def _first_grads(name, kwargs, fused, batch, loss_fn, force=False):
+    """Every parameter's gradient after one backward from the shared init."""
+    if force:
+        ctx, _ = _forced_cpu()
+        with ctx:
+            return _first_grads(name, kwargs, fused, batch, loss_fn)
+    torch.manual_seed(0)
+    m = build_model(name, fused=fused, **kwargs).train()
+    loss_fn(m, *batch).backward()
+    return {n: p.grad.detach().clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+def _assert_same_grads(fused, eager):
+    # one backward from the same weights: equal to float32 rounding, parameter by parameter
+    # (measured: <= 1.2e-5 relative). The absolute floor is for gradients that are ~0, e.g.
+    # stage 2's last fc2 bias (|grad| ~ 8e-8): there both sides hold float32 noise.
+    assert fused.keys() == eager.keys()
+    for n, g in eager.items():
+        err = (fused[n] - g).norm().item()
+        assert err <= 1e-4 * g.norm().item() + 1e-6, f"{n}: |fused - eager| = {err:.3g}, |eager| = {g.norm():.3g}"
+
+
 def _assert_same_trajectory(fused, eager):
-    # the first steps agree to float32 rounding (the same gradients); later ones drift apart
-    # only as float32 training runs do, by rounding amplified over the steps
-    torch.testing.assert_close(torch.tensor(fused[:3]), torch.tensor(eager[:3]), rtol=1e-4, atol=1e-5)
+    # the first two steps agree to float32 rounding; later ones drift apart only as float32
+    # training runs do, by rounding amplified over the steps (AdamW's early updates are
+    # ~lr*sign(g): float32 noise in a ~0 gradient moves a weight by lr)
+    torch.testing.assert_close(torch.tensor(fused[:2]), torch.tensor(eager[:2]), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.tensor(fused), torch.tensor(eager), rtol=1e-2, atol=1e-3)
 
 
@@ -66,6 +89,9 @@ def test_classifier_fused_training_matches_eager():
         assert recs and all(r.impl == "eager" and "not preferred: under autograd" in r.why for r in recs), \
             tr.summary()
     # the slower-in-training impls still train correctly when forced
+    want = _first_grads("ascan_t", kw, False, batches[0], ce)
+    _assert_same_grads(_first_grads("ascan_t", kw, True, batches[0], ce), want)
+    _assert_same_grads(_first_grads("ascan_t", kw, True, batches[0], ce, force=True), want)
     forced, tr2 = _train("ascan_t", kw, True, batches, ce, 20, force=True)
     _assert_same_trajectory(forced, eager)
     assert available <= {r.op for r in tr2.records if r.impl == "cpu" and r.grad}
